@@ -1,0 +1,122 @@
+"""Per-call configuration, and the checks that the agent ``Settings`` suits a phone call."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import ConfigError
+
+JsonLoads = Callable[[str], Any]
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeConfig:
+    """Everything a :class:`CallBridge` needs, validated once and shared by every call.
+
+    Durations are in seconds except the ``*_ms`` audio sizes. ``settings`` is the agent
+    ``Settings`` message; ``{Name}`` placeholders in its strings are filled per call from
+    Twilio's ``start.customParameters``.
+    """
+
+    settings: Mapping[str, Any]
+    chunk_ms: int = 20
+    preroll_ms: int = 5000
+    keepalive_interval: float = 8.0
+    agent_connect_timeout: float = 10.0
+    welcome_timeout: float = 2.0
+    settings_timeout: float = 10.0
+    twilio_idle_timeout: float = 15.0
+    close_timeout: float = 2.0
+    mark_interval_ms: int = 500
+    hangup_grace: float = 3.0
+    hangup_timeout: float = 30.0
+    end_call_tool: str | None = "end_call"
+    dtmf_template: str = "The caller pressed the {digit} key on the phone keypad."
+    json_loads: JsonLoads = field(default=json.loads, compare=False)
+
+    def __post_init__(self) -> None:
+        validate_settings(self.settings)
+        for name in ("chunk_ms", "preroll_ms"):
+            value = getattr(self, name)
+            if type(value) is not int or value <= 0:
+                raise ConfigError(name, f"must be a positive integer, got {value!r}")
+        if type(self.mark_interval_ms) is not int or self.mark_interval_ms < 0:
+            raise ConfigError("mark_interval_ms", "must be a non-negative integer (0 disables)")
+        for name in (
+            "keepalive_interval",
+            "agent_connect_timeout",
+            "welcome_timeout",
+            "settings_timeout",
+            "twilio_idle_timeout",
+            "close_timeout",
+            "hangup_grace",
+            "hangup_timeout",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigError(name, f"must be a positive number of seconds, got {value!r}")
+        if "{digit}" not in self.dtmf_template:
+            raise ConfigError("dtmf_template", "must contain the placeholder {digit}")
+
+    @property
+    def chunk_bytes(self) -> int:
+        return self.chunk_ms * 8
+
+    @property
+    def preroll_bytes(self) -> int:
+        return self.preroll_ms * 8
+
+
+def validate_settings(settings: object) -> None:
+    """Raise :class:`ConfigError` unless ``settings`` is a v1 ``Settings`` fit for Twilio audio.
+
+    Twilio carries mu-law at 8 kHz both ways, so the agent must take and produce exactly that
+    with no container: anything else would need transcoding, which this bridge does not do.
+    """
+    if not isinstance(settings, Mapping):
+        raise ConfigError("settings", "must be a JSON object")
+    if settings.get("type") != "Settings":
+        raise ConfigError("settings.type", 'must be "Settings" (Voice Agent API v1)')
+    audio = settings.get("audio")
+    if not isinstance(audio, Mapping):
+        raise ConfigError("settings.audio", "is required and must be an object")
+    for side in ("input", "output"):
+        leg = audio.get(side)
+        where = f"settings.audio.{side}"
+        if not isinstance(leg, Mapping):
+            raise ConfigError(where, "is required and must be an object")
+        if leg.get("encoding") != "mulaw":
+            raise ConfigError(f"{where}.encoding", 'must be "mulaw" (what Twilio carries)')
+        if leg.get("sample_rate") != 8000:
+            raise ConfigError(f"{where}.sample_rate", "must be 8000 (what Twilio carries)")
+    if audio["output"].get("container", "none") != "none":
+        raise ConfigError("settings.audio.output.container", 'must be "none" (no file headers)')
+    agent = settings.get("agent")
+    if not isinstance(agent, Mapping | str) or not agent:
+        raise ConfigError("settings.agent", "is required: an object, or a stored agent id")
+    try:
+        json.dumps(settings)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("settings", f"is not JSON-serialisable: {exc}") from None
+
+
+def fill_placeholders(value: Any, parameters: Mapping[str, str]) -> Any:
+    """Return ``value`` with ``{Name}`` replaced in every string where ``Name`` is a parameter.
+
+    Unknown names and other braces are left alone, so prompts may contain literal JSON.
+    """
+    if isinstance(value, str):
+        if "{" not in value:
+            return value
+        return _PLACEHOLDER.sub(lambda m: parameters.get(m.group(1), m.group(0)), value)
+    if isinstance(value, Mapping):
+        return {key: fill_placeholders(item, parameters) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [fill_placeholders(item, parameters) for item in value]
+    return value
