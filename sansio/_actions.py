@@ -120,6 +120,7 @@ class EndReason(Enum):
     TIMEOUT = "timeout"
     PROTOCOL_ERROR = "protocol_error"
     TOOL = "tool"
+    SHUTDOWN = "shutdown"
 
 
 class Playback(Enum):
