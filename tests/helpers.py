@@ -1,0 +1,165 @@
+"""Message builders and a tiny driver for testing the core in virtual time."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+from sansio import (
+    Action,
+    BridgeConfig,
+    CallBridge,
+    OpenAgent,
+    SendAgentAudio,
+    SendAgentText,
+    SendTwilioText,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS: dict[str, Any] = json.loads((ROOT / "config.json").read_text())
+STREAM_SID = "MZ" + "0123456789abcdef" * 2
+CALL_SID = "CA" + "fedcba9876543210" * 2
+ACCOUNT_SID = "AC" + "00112233445566778899aabbccddeeff"
+MULAW_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+
+
+def config(**overrides: Any) -> BridgeConfig:
+    return BridgeConfig(settings=overrides.pop("settings", SETTINGS), **overrides)
+
+
+def twilio_connected() -> str:
+    return json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+
+
+def twilio_start(
+    stream_sid: str = STREAM_SID,
+    parameters: dict[str, str] | None = None,
+    media_format: dict[str, Any] | None = None,
+) -> str:
+    return json.dumps(
+        {
+            "event": "start",
+            "sequenceNumber": "1",
+            "start": {
+                "accountSid": ACCOUNT_SID,
+                "streamSid": stream_sid,
+                "callSid": CALL_SID,
+                "tracks": ["inbound"],
+                "mediaFormat": media_format or MULAW_FORMAT,
+                "customParameters": parameters if parameters is not None else {"From": "+15550001"},
+            },
+            "streamSid": stream_sid,
+        }
+    )
+
+
+def twilio_media(audio: bytes, seq: int = 2, track: str = "inbound") -> str:
+    return json.dumps(
+        {
+            "event": "media",
+            "sequenceNumber": str(seq),
+            "media": {
+                "track": track,
+                "chunk": str(seq - 1),
+                "timestamp": str(20 * seq),
+                "payload": base64.b64encode(audio).decode(),
+            },
+            "streamSid": STREAM_SID,
+        }
+    )
+
+
+def twilio_mark(name: str) -> str:
+    return json.dumps({"event": "mark", "sequenceNumber": "9", "streamSid": STREAM_SID, "mark": {"name": name}})
+
+
+def twilio_dtmf(digit: str) -> str:
+    return json.dumps(
+        {"event": "dtmf", "streamSid": STREAM_SID, "sequenceNumber": "5", "dtmf": {"track": "inbound_track", "digit": digit}}
+    )
+
+
+def twilio_stop() -> str:
+    return json.dumps(
+        {"event": "stop", "sequenceNumber": "99", "stop": {"accountSid": ACCOUNT_SID, "callSid": CALL_SID}, "streamSid": STREAM_SID}
+    )
+
+
+def agent(kind: str, **fields: Any) -> str:
+    return json.dumps({"type": kind, **fields})
+
+
+def function_call(call_id: str, name: str, arguments: Any = "{}", client_side: bool = True) -> str:
+    return agent(
+        "FunctionCallRequest",
+        functions=[{"id": call_id, "name": name, "arguments": arguments, "client_side": client_side}],
+    )
+
+
+class Call:
+    """A CallBridge plus a virtual clock and a log of every action, for scenario tests."""
+
+    def __init__(self, cfg: BridgeConfig | None = None, now: float = 0.0) -> None:
+        self.now = now
+        self.core = CallBridge(cfg or config(), now=now)
+        self.log: list[Action] = []
+
+    def at(self, now: float) -> Call:
+        assert now >= self.now
+        self.now = now
+        return self
+
+    def drain(self) -> list[Action]:
+        actions = self.core.actions()
+        self.log.extend(actions)
+        return actions
+
+    def twilio(self, text: str) -> list[Action]:
+        self.core.twilio_text(text, self.now)
+        return self.drain()
+
+    def agent(self, text: str) -> list[Action]:
+        self.core.agent_text(text, self.now)
+        return self.drain()
+
+    def agent_audio(self, audio: bytes) -> list[Action]:
+        self.core.agent_audio(audio, self.now)
+        return self.drain()
+
+    def advance_to(self, now: float) -> list[Action]:
+        """Fire every deadline up to ``now``, as a driver's timer would."""
+        out: list[Action] = []
+        while (deadline := self.core.next_deadline()) is not None and deadline <= now:
+            self.now = max(self.now, deadline)
+            self.core.handle_timeout(self.now)
+            out += self.drain()
+        self.now = max(self.now, now)
+        return out
+
+    def start(self, **kwargs: Any) -> list[Action]:
+        self.twilio(twilio_connected())
+        return self.twilio(twilio_start(**kwargs))
+
+    def ready(self) -> list[Action]:
+        """Take the call from nothing to SettingsApplied."""
+        out = self.start()
+        assert OpenAgent() in out
+        self.core.agent_connected(self.now)
+        out += self.drain()
+        out += self.agent(agent("Welcome", request_id="req-1"))
+        out += self.agent(agent("SettingsApplied"))
+        return out
+
+
+def agent_audio_of(actions: list[Action]) -> bytes:
+    return b"".join(a.audio for a in actions if isinstance(a, SendAgentAudio))
+
+
+def agent_texts(actions: list[Action]) -> list[dict[str, Any]]:
+    return [json.loads(a.text) for a in actions if isinstance(a, SendAgentText)]
+
+
+def twilio_messages(actions: list[Action]) -> list[dict[str, Any]]:
+    return [json.loads(a.text) for a in actions if isinstance(a, SendTwilioText)]
