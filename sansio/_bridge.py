@@ -579,6 +579,9 @@ class CallBridge:
         self._end(EndReason.AGENT_ERROR, f"agent error {code}: {description}", now)
 
     def _on_function_call_request(self, message: dict[str, Any], now: float) -> None:
+        if self.agent_state is not AgentState.READY:  # an answer must not precede Settings
+            self._ignore(Peer.AGENT, "FunctionCallRequest before SettingsApplied")
+            return
         functions = message.get("functions")
         if type(functions) is not list:
             self._ignore(Peer.AGENT, "FunctionCallRequest without functions")

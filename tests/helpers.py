@@ -72,18 +72,30 @@ def twilio_media(audio: bytes, seq: int = 2, track: str = "inbound") -> str:
 
 
 def twilio_mark(name: str) -> str:
-    return json.dumps({"event": "mark", "sequenceNumber": "9", "streamSid": STREAM_SID, "mark": {"name": name}})
+    return json.dumps(
+        {"event": "mark", "sequenceNumber": "9", "streamSid": STREAM_SID, "mark": {"name": name}}
+    )
 
 
 def twilio_dtmf(digit: str) -> str:
     return json.dumps(
-        {"event": "dtmf", "streamSid": STREAM_SID, "sequenceNumber": "5", "dtmf": {"track": "inbound_track", "digit": digit}}
+        {
+            "event": "dtmf",
+            "streamSid": STREAM_SID,
+            "sequenceNumber": "5",
+            "dtmf": {"track": "inbound_track", "digit": digit},
+        }
     )
 
 
 def twilio_stop() -> str:
     return json.dumps(
-        {"event": "stop", "sequenceNumber": "99", "stop": {"accountSid": ACCOUNT_SID, "callSid": CALL_SID}, "streamSid": STREAM_SID}
+        {
+            "event": "stop",
+            "sequenceNumber": "99",
+            "stop": {"accountSid": ACCOUNT_SID, "callSid": CALL_SID},
+            "streamSid": STREAM_SID,
+        }
     )
 
 
@@ -94,7 +106,9 @@ def agent(kind: str, **fields: Any) -> str:
 def function_call(call_id: str, name: str, arguments: Any = "{}", client_side: bool = True) -> str:
     return agent(
         "FunctionCallRequest",
-        functions=[{"id": call_id, "name": name, "arguments": arguments, "client_side": client_side}],
+        functions=[
+            {"id": call_id, "name": name, "arguments": arguments, "client_side": client_side}
+        ],
     )
 
 

@@ -246,7 +246,10 @@ def test_barge_in_clears_even_when_nothing_is_believed_to_be_playing() -> None:
     call = Call()
     call.ready()
     out = call.agent(agent("UserStartedSpeaking"))
-    assert out == [ClearTwilio(json.dumps({"event": "clear", "streamSid": STREAM_SID}, separators=(",", ":"))), BargeIn(1)]
+    assert out == [
+        ClearTwilio(json.dumps({"event": "clear", "streamSid": STREAM_SID}, separators=(",", ":"))),
+        BargeIn(1),
+    ]
 
 
 def test_agent_audio_done_without_audio_still_marks() -> None:
@@ -276,7 +279,9 @@ def test_agent_messages_become_notices() -> None:
     out = call.agent(agent("ConversationText", role="user", content="I have a cough"))
     assert out == [Transcript("user", "I have a cough")]
     assert call.agent(agent("AgentThinking", content="hmm")) == [AgentThinking("hmm")]
-    out = call.agent(agent("AgentStartedSpeaking", total_latency=1, tts_latency=0.2, ttt_latency="x"))
+    out = call.agent(
+        agent("AgentStartedSpeaking", total_latency=1, tts_latency=0.2, ttt_latency="x")
+    )
     assert out == [AgentStartedSpeaking(1.0, 0.2, None)]
     out = call.agent(agent("LatencyReport", stt_latency=0.1, tts_latency=0.3, note="x"))
     assert out == [LatencyReport({"stt_latency": 0.1, "tts_latency": 0.3})]
@@ -344,7 +349,9 @@ def test_agent_closing_mid_call_ends_it_as_an_agent_error() -> None:
     call.core.agent_closed(1011, call.now, "internal")
     out = call.drain()
     assert ended(out).detail == "the agent closed the connection with code 1011: internal"
-    assert out[-1] == CloseTwilio(1000, "agent_error: the agent closed the connection with code 1011: internal")
+    assert out[-1] == CloseTwilio(
+        1000, "agent_error: the agent closed the connection with code 1011: internal"
+    )
     assert not call.core.finished
     call.core.twilio_closed(1000, call.now)
     assert call.core.finished and call.core.next_deadline() is None
@@ -425,7 +432,9 @@ def test_a_long_close_reason_is_cut_to_fit_a_close_frame() -> None:
     call.ready()
     out = call.agent(agent("Error", description="é" * 200, code="X"))
     [close] = of(CloseTwilio, out)
-    assert len(close.reason.encode()) <= 120 and close.reason.startswith("agent_error: agent error X: é")
+    assert len(close.reason.encode()) <= 120 and close.reason.startswith(
+        "agent_error: agent error X: é"
+    )
 
 
 def test_the_driver_can_end_a_call() -> None:
@@ -576,7 +585,12 @@ def test_client_side_tool_round_trip() -> None:
     assert out == [RunTool("fc_1", "lookup", {"q": "x"})]
     call.core.tool_result("fc_1", '{"answer": 42}', call.now)
     assert agent_texts(call.drain()) == [
-        {"type": "FunctionCallResponse", "id": "fc_1", "name": "lookup", "content": '{"answer": 42}'}
+        {
+            "type": "FunctionCallResponse",
+            "id": "fc_1",
+            "name": "lookup",
+            "content": '{"answer": 42}',
+        }
     ]
     with pytest.raises(LocalProtocolError):
         call.core.tool_result("fc_1", "again", call.now)
@@ -585,7 +599,9 @@ def test_client_side_tool_round_trip() -> None:
 def test_tool_arguments_are_checked() -> None:
     call = Call()
     call.ready()
-    assert call.agent(function_call("a", "t", {"already": "parsed"})) == [RunTool("a", "t", {"already": "parsed"})]
+    assert call.agent(function_call("a", "t", {"already": "parsed"})) == [
+        RunTool("a", "t", {"already": "parsed"})
+    ]
     assert call.agent(function_call("b", "t", "")) == [RunTool("b", "t", {})]
     for call_id, raw in (("c", "[1]"), ("d", "{bad"), ("e", 7)):
         out = call.agent(function_call(call_id, "t", raw))
@@ -597,11 +613,21 @@ def test_cancelled_tool_calls_are_withdrawn_and_late_results_dropped() -> None:
     call = Call()
     call.ready()
     call.agent(function_call("fc_1", "slow"))
-    out = call.agent(agent("FunctionCallCancelled", functions=[{"id": "fc_1", "name": "slow"}, {"id": "zz"}, 3]))
+    out = call.agent(
+        agent("FunctionCallCancelled", functions=[{"id": "fc_1", "name": "slow"}, {"id": "zz"}, 3])
+    )
     assert out == [CancelTool("fc_1")]
     call.core.tool_result("fc_1", "late", call.now)
     assert call.drain() == []
     assert call.agent(agent("FunctionCallCancelled")) == []
+
+
+def test_function_calls_before_settings_applied_are_ignored() -> None:
+    call = Call()
+    call.start()
+    call.core.agent_connected(call.now)
+    out = call.agent(function_call("fc_0", "lookup"))
+    assert out == [PeerIgnored("agent", "FunctionCallRequest before SettingsApplied")]
 
 
 def test_server_side_and_malformed_function_calls_are_only_reported() -> None:
@@ -696,9 +722,18 @@ def test_driver_misuse_raises_local_protocol_errors() -> None:
         (lambda s: s.__setitem__("type", "SettingsConfiguration"), "settings.type"),
         (lambda s: s.pop("audio"), "settings.audio"),
         (lambda s: s["audio"].pop("input"), "settings.audio.input"),
-        (lambda s: s["audio"]["input"].__setitem__("encoding", "linear16"), "settings.audio.input.encoding"),
-        (lambda s: s["audio"]["output"].__setitem__("sample_rate", 24000), "settings.audio.output.sample_rate"),
-        (lambda s: s["audio"]["output"].__setitem__("container", "wav"), "settings.audio.output.container"),
+        (
+            lambda s: s["audio"]["input"].__setitem__("encoding", "linear16"),
+            "settings.audio.input.encoding",
+        ),
+        (
+            lambda s: s["audio"]["output"].__setitem__("sample_rate", 24000),
+            "settings.audio.output.sample_rate",
+        ),
+        (
+            lambda s: s["audio"]["output"].__setitem__("container", "wav"),
+            "settings.audio.output.container",
+        ),
         (lambda s: s.__setitem__("agent", ""), "settings.agent"),
         (lambda s: s.__setitem__("tags", {1, 2}), "settings"),
     ],
@@ -736,7 +771,10 @@ def test_settings_must_be_an_object() -> None:
 
 def test_fill_placeholders_leaves_unknown_names_and_literal_braces() -> None:
     value = {"a": ["{From} {To} {not json}", 3, None], "b": "plain"}
-    assert fill_placeholders(value, {"From": "+1"}) == {"a": ["+1 {To} {not json}", 3, None], "b": "plain"}
+    assert fill_placeholders(value, {"From": "+1"}) == {
+        "a": ["+1 {To} {not json}", 3, None],
+        "b": "plain",
+    }
 
 
 def test_agent_text_agent_messages_keep_state_for_inspection() -> None:
