@@ -29,6 +29,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -235,13 +236,12 @@ def run(frames: int, repeats: int) -> dict[str, Any]:
     rows = []
     for chunk_ms in CHUNK_SIZES_MS:
         runs: dict[str, Callable[[], float]] = {
-            "floor_us": lambda: per_frame_floor(messages, chunk_ms),
-            "core_in_us": lambda: per_frame_core_in(messages, chunk_ms, json.loads),
-            "naive_us": lambda: per_frame_naive(messages, chunk_ms),
+            "floor_us": partial(per_frame_floor, messages, chunk_ms),
+            "core_in_us": partial(per_frame_core_in, messages, chunk_ms, json.loads),
+            "naive_us": partial(per_frame_naive, messages, chunk_ms),
         }
         if fast_loads is not None:
-            loads = fast_loads
-            runs["core_in_orjson_us"] = lambda: per_frame_core_in(messages, chunk_ms, loads)
+            runs["core_in_orjson_us"] = partial(per_frame_core_in, messages, chunk_ms, fast_loads)
         row: dict[str, Any] = {"chunk_ms": chunk_ms}
         row.update(
             {name: seconds * 1e6 for name, seconds in interleaved_best(repeats, runs).items()}
@@ -275,22 +275,20 @@ def run(frames: int, repeats: int) -> dict[str, Any]:
 
 def print_table(result: dict[str, Any]) -> None:
     orjson = "core_in_orjson_us" in result["inbound"][0]
-    print(
-        f"core hot path, Python {result['python']}, {result['frames']} frames, best of {result['repeats']}"
-    )
+    frames, repeats = result["frames"], result["repeats"]
+    print(f"core hot path, Python {result['python']}, {frames} frames, best of {repeats}")
     header = "chunk ms | floor µs | core µs (x floor) | naive µs (x floor)"
     header += " | core+orjson µs" if orjson else ""
     header += " | blocks/frame | added p50 / p99 ms"
     print(header)
     for row in result["inbound"]:
-        floor = row["floor_us"]
-        line = (
-            f"{row['chunk_ms']:>8} | {floor:8.2f} | {row['core_in_us']:6.2f} ({row['core_in_us'] / floor:4.2f}x)"
-            f"    | {row['naive_us']:6.2f} ({row['naive_us'] / floor:4.2f}x)"
-        )
+        floor, core, naive = row["floor_us"], row["core_in_us"], row["naive_us"]
+        line = f"{row['chunk_ms']:>8} | {floor:8.2f} | {core:6.2f} ({core / floor:4.2f}x)"
+        line += f"    | {naive:6.2f} ({naive / floor:4.2f}x)"
         if orjson:
             line += f"     | {row['core_in_orjson_us']:6.2f}        "
-        line += f" | {row['retained_blocks_per_frame']:12.2f} | {row['added_p50_ms']:6.1f} / {row['added_p99_ms']:6.1f}"
+        line += f" | {row['retained_blocks_per_frame']:12.2f}"
+        line += f" | {row['added_p50_ms']:6.1f} / {row['added_p99_ms']:6.1f}"
         print(line)
     out = result["outbound"]
     print(
