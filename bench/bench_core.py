@@ -292,7 +292,8 @@ def print_table(result: dict[str, Any]) -> None:
         print(line)
     out = result["outbound"]
     print(
-        f"agent -> Twilio, {out['chunk_bytes']} B chunks: core {out['core_out_us']:.2f} µs per chunk "
+        f"agent -> Twilio, {out['chunk_bytes']} B chunks: "
+        f"core {out['core_out_us']:.2f} µs per chunk "
         f"(with its marks), json.dumps alone {out['json_dumps_us']:.2f} µs "
         f"({out['core_out_us'] / out['json_dumps_us']:.2f}x)"
     )
