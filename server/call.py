@@ -1,0 +1,403 @@
+"""CallDriver: runs one call by executing the actions of a :class:`sansio.CallBridge`.
+
+It owns the core, the Twilio WebSocket (a :class:`~server.ws.WsPeer` on the accepted TCP
+transport), the agent leg and a single timer. It holds no call logic: inputs go to the core
+with ``now=loop.time()``, and :meth:`CallDriver._pump` executes what comes out, dispatching on
+the action's class, then writes all Twilio output of the pump with one ``transport.write``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sansio import (
+    Action,
+    AgentReady,
+    AgentState,
+    AgentWarning,
+    BargeIn,
+    CallBridge,
+    CallEnded,
+    CallStarted,
+    CancelTool,
+    ClearTwilio,
+    CloseAgent,
+    CloseTwilio,
+    Dtmf,
+    EndReason,
+    LocalProtocolError,
+    Notice,
+    OpenAgent,
+    PeerIgnored,
+    ReplyPlayback,
+    RunTool,
+    SendAgentAudio,
+    SendAgentText,
+    SendTwilioMark,
+    SendTwilioMedia,
+    SendTwilioText,
+    Transcript,
+    TwilioState,
+)
+from server.agent_leg import AgentLeg
+from server.ws import WsPeer
+
+if TYPE_CHECKING:
+    from server.app import Server
+
+log = logging.getLogger("server.call")
+
+_AGENT_OPEN = frozenset({AgentState.AWAITING_WELCOME, AgentState.CONFIGURING, AgentState.READY})
+_TWILIO_CLOSED = TwilioState.CLOSED
+_AGENT_ERRORS = frozenset({EndReason.AGENT_ERROR, EndReason.AGENT_UNREACHABLE})
+
+
+class CallDriver:
+    def __init__(
+        self, server: Server, transport: asyncio.Transport, ws: WsPeer, peer: str = ""
+    ) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.metrics = server.metrics
+        self.options = server.options
+        self.transport = transport
+        self.ws = ws
+        self.peer = peer
+        now = self.loop.time()
+        self.core = CallBridge(self.options.bridge, now=now)
+        self.started_at = now
+        self.agent: AgentLeg | None = None
+        self.call_sid = ""
+        self.stream_sid = ""
+        self.finished = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._pumping = False
+        self._write_cap = self.options.max_write_buffer
+        self._tools: dict[str, asyncio.Task[None]] = {}
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        self._observe_latency = self.metrics.added_latency.observe
+        self._dispatch: dict[type[Action], Callable[[Any], None]] = {
+            SendAgentAudio: self._send_agent_audio,
+            SendAgentText: self._send_agent_text,
+            SendTwilioText: self._send_twilio,
+            SendTwilioMedia: self._send_twilio,
+            SendTwilioMark: self._send_twilio,
+            ClearTwilio: self._send_twilio,
+            OpenAgent: self._open_agent,
+            CloseTwilio: self._close_twilio,
+            CloseAgent: self._close_agent,
+            RunTool: self._run_tool,
+            CancelTool: self._cancel_tool,
+            CallStarted: self._on_call_started,
+            CallEnded: self._on_call_ended,
+            Transcript: self._on_transcript,
+            BargeIn: self._on_barge_in,
+            AgentWarning: self._on_agent_warning,
+            PeerIgnored: self._on_peer_ignored,
+            AgentReady: self._on_debug_notice,
+            ReplyPlayback: self._on_debug_notice,
+            Dtmf: self._on_debug_notice,
+        }
+
+    # ------------------------------------------------------------------ Twilio side
+
+    def start(self) -> None:
+        """Process what arrived behind the upgrade request, and arm the first timer."""
+        self._twilio_input(self.ws.feed(b""))
+
+    def twilio_data(self, data: bytes) -> None:
+        """Everything one ``data_received`` gave: all messages first, then one pump."""
+        self._twilio_input(self.ws.feed(data))
+
+    def twilio_eof(self) -> None:
+        self._twilio_input(self.ws.eof())
+
+    def twilio_lost(self) -> None:
+        """The TCP connection is gone."""
+        ws = self.ws
+        ws.remote_closed = True
+        core = self.core
+        if core.twilio_state is not _TWILIO_CLOSED:
+            core.twilio_closed(_close_code(ws.close_code), self.loop.time())
+        self._pump()
+
+    def _twilio_input(self, messages: list[str | bytes]) -> None:
+        core = self.core
+        ws = self.ws
+        if core.twilio_state is not _TWILIO_CLOSED:
+            now = self.loop.time()
+            for message in messages:
+                if type(message) is str:
+                    core.twilio_text(message, now)
+                else:
+                    core.twilio_bytes(message, now)  # type: ignore[arg-type]
+            if ws.error is not None:
+                code, why = ws.error
+                core.end(EndReason.PROTOCOL_ERROR, f"Twilio WebSocket: {why} (closed {code})", now)
+            if ws.remote_closed:
+                core.twilio_closed(_close_code(ws.close_code), now)
+        self._pump()
+
+    # ------------------------------------------------------------------ agent side
+
+    def agent_connected(self) -> None:
+        if self.core.agent_state is AgentState.CONNECTING:
+            self.core.agent_connected(self.loop.time())
+            self._pump()
+
+    def agent_message(self, message: str | bytes) -> None:
+        core = self.core
+        if core.agent_state not in _AGENT_OPEN:
+            return
+        if type(message) is str:
+            core.agent_text(message, self.loop.time())
+        else:
+            self.metrics.agent_audio_bytes += len(message)
+            core.agent_audio(message, self.loop.time())  # type: ignore[arg-type]
+        self._pump()
+
+    def agent_closed(self, code: int | None, reason: str) -> None:
+        self.core.agent_closed(code, self.loop.time(), reason)
+        self._pump()
+
+    # ------------------------------------------------------------------ server decisions
+
+    def shutdown(self, detail: str = "the server is shutting down") -> None:
+        self.core.end(EndReason.SHUTDOWN, detail, self.loop.time())
+        self._pump()
+
+    def abort(self) -> None:
+        """Drop both legs at once (the end of a shutdown that waited long enough)."""
+        self.transport.abort()
+        if self.agent is not None:
+            self.agent.abort()
+
+    # ------------------------------------------------------------------ the pump
+
+    def _pump(self) -> None:
+        if self._pumping:  # a report from inside an action: the loop below picks it up
+            return
+        self._pumping = True
+        core = self.core
+        ws = self.ws
+        transport = self.transport
+        dispatch = self._dispatch
+        try:
+            while True:
+                actions = core.actions()
+                if not actions:
+                    break
+                for action in actions:
+                    handler = dispatch.get(type(action))
+                    if handler is None:
+                        self._unknown_action(action)
+                    else:
+                        handler(action)
+                out = ws.take_output()
+                if out and not transport.is_closing():
+                    transport.write(out)
+                    size = transport.get_write_buffer_size()
+                    if size > self._write_cap and core.ended is None:
+                        core.end(
+                            EndReason.TIMEOUT,
+                            f"caller not reading: {size} bytes unsent",
+                            self.loop.time(),
+                        )
+            out = ws.take_output()  # pongs or a close reply produced without any action
+            if out and not transport.is_closing():
+                transport.write(out)
+            if (ws.remote_closed or ws.done) and not transport.is_closing():
+                transport.close()  # the close handshake is over (or broken): end the TCP
+            self._arm_timer()
+            if core.finished and not self.finished:
+                self._finish()
+        finally:
+            self._pumping = False
+
+    def _arm_timer(self) -> None:
+        at = self.core.next_deadline()
+        timer_at = self._timer_at
+        if at == timer_at:
+            return
+        if at is None or timer_at is None or at < timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(at, self._on_timer) if at is not None else None
+            self._timer_at = at
+        # A later deadline keeps the armed timer: when it fires, the core does what is due
+        # (maybe nothing) and the timer is re-armed then. The core moves its deadline with
+        # every frame (idle and keepalive clocks), so re-arming on each change would churn.
+
+    def _on_timer(self) -> None:
+        timer_at = self._timer_at if self._timer_at is not None else 0.0
+        now = max(timer_at, self.loop.time())  # asyncio may fire a little early
+        self._timer = None
+        self._timer_at = None
+        self.core.handle_timeout(now)
+        self._pump()
+
+    def _finish(self) -> None:
+        self.finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = None
+        for task in self._tools.values():
+            task.cancel()
+        if not self.transport.is_closing():
+            self.transport.close()
+        self.server.call_finished(self)
+
+    # ------------------------------------------------------------------ commands
+
+    def _send_agent_audio(self, action: SendAgentAudio) -> None:
+        agent = self.agent
+        if agent is None:  # pragma: no cover - the core sends audio only to an open agent
+            return
+        audio = action.audio
+        agent.send(audio)
+        self.metrics.caller_audio_bytes += len(audio)
+        self._observe_latency(self.loop.time() - action.since)
+        if agent.buffered > self._write_cap:
+            self._agent_not_reading(agent)
+
+    def _send_agent_text(self, action: SendAgentText) -> None:
+        agent = self.agent
+        if agent is None:  # pragma: no cover
+            return
+        agent.send(action.text)
+        if agent.buffered > self._write_cap:
+            self._agent_not_reading(agent)
+
+    def _agent_not_reading(self, agent: AgentLeg) -> None:
+        if self.core.ended is None:
+            self.core.end(
+                EndReason.AGENT_ERROR,
+                f"agent not reading: {agent.buffered} bytes unsent",
+                self.loop.time(),
+            )
+
+    def _send_twilio(self, action: SendTwilioText) -> None:
+        self.ws.send_text(action.text)
+
+    def _open_agent(self, action: OpenAgent) -> None:
+        options = self.options
+        self.agent = AgentLeg(
+            self,
+            self.server.agent_url,
+            options.api_key,
+            connect_timeout=options.bridge.agent_connect_timeout + 1.0,
+            max_message_bytes=options.max_agent_message_bytes,
+            close_timeout=options.bridge.close_timeout,
+        )
+
+    def _close_twilio(self, action: CloseTwilio) -> None:
+        if action.abort:
+            self.transport.abort()
+        else:
+            self.ws.close(action.code, action.reason)
+
+    def _close_agent(self, action: CloseAgent) -> None:
+        if self.agent is not None:
+            self.agent.close(action.code, action.reason, action.abort)
+
+    def _run_tool(self, action: RunTool) -> None:
+        self.metrics.tool_calls += 1
+        log.info("tool call callSid=%s tool=%s", self.call_sid, action.name)
+        self._tools[action.call_id] = self.loop.create_task(self._tool(action))
+
+    async def _tool(self, action: RunTool) -> None:
+        try:
+            content, ok = await self.server.tools.run(action.name, action.arguments)
+        finally:
+            self._tools.pop(action.call_id, None)
+        if not ok:
+            self.metrics.tool_errors += 1
+        core = self.core
+        if core.ended is not None or core.agent_state is not AgentState.READY:
+            return
+        try:
+            core.tool_result(action.call_id, content, self.loop.time())
+        except LocalProtocolError as exc:  # pragma: no cover - the core withdrew it
+            log.debug("tool result not wanted: %s", exc)
+        self._pump()
+
+    def _cancel_tool(self, action: CancelTool) -> None:
+        task = self._tools.pop(action.call_id, None)
+        if task is not None:
+            task.cancel()
+
+    # ------------------------------------------------------------------ notices
+
+    def _on_call_started(self, notice: CallStarted) -> None:
+        self.call_sid = notice.call_sid
+        self.stream_sid = notice.stream_sid
+        self.metrics.calls_started += 1
+        log.info(
+            "call started callSid=%s streamSid=%s peer=%s",
+            notice.call_sid or "-",
+            notice.stream_sid,
+            self.peer or "-",
+        )
+
+    def _on_call_ended(self, notice: CallEnded) -> None:
+        reason = notice.reason
+        self.metrics.call_ended(reason.value)
+        if reason in _AGENT_ERRORS:
+            self.metrics.agent_errors += 1
+        stats = notice.stats
+        duration = self.loop.time() - self.started_at
+        level = logging.INFO if reason is not EndReason.PROTOCOL_ERROR else logging.WARNING
+        log.log(
+            level,
+            "call ended callSid=%s streamSid=%s duration=%.1fs reason=%s detail=%r"
+            " caller_bytes=%d agent_bytes=%d barge_ins=%d replies=%d",
+            self.call_sid or "-",
+            self.stream_sid or "-",
+            duration,
+            reason.value,
+            notice.detail,
+            stats.caller_audio_bytes,
+            stats.agent_audio_bytes_received,
+            stats.barge_ins,
+            stats.replies,
+        )
+
+    def _on_transcript(self, notice: Transcript) -> None:
+        log.info("transcript callSid=%s %s: %s", self.call_sid or "-", notice.role, notice.content)
+
+    def _on_barge_in(self, notice: BargeIn) -> None:
+        self.metrics.barge_ins += 1
+        if self._debug:
+            log.debug("barge-in callSid=%s generation=%d", self.call_sid, notice.generation)
+
+    def _on_agent_warning(self, notice: AgentWarning) -> None:
+        self.metrics.agent_warnings += 1
+        log.warning(
+            "agent warning callSid=%s code=%s: %s", self.call_sid, notice.code, notice.description
+        )
+
+    def _on_peer_ignored(self, notice: PeerIgnored) -> None:
+        log.info("ignored from %s callSid=%s: %s", notice.peer, self.call_sid or "-", notice.detail)
+
+    def _on_debug_notice(self, notice: Notice) -> None:
+        if self._debug:
+            log.debug("callSid=%s %r", self.call_sid, notice)
+
+    def _unknown_action(self, action: Action) -> None:
+        if isinstance(action, Notice):
+            if self._debug:
+                log.debug("callSid=%s %r", self.call_sid, action)
+            return
+        # A command this driver does not know would leave the call half-executed: end it.
+        log.error("unknown action %r; ending the call", type(action).__name__)
+        self.core.end(EndReason.PROTOCOL_ERROR, "driver bug: unknown action", self.loop.time())
+
+
+def _close_code(code: int | None) -> int | None:
+    """1005/1006 are placeholders for "no status" and "no close frame"."""
+    return None if code in (None, 1005, 1006) else code

@@ -1,0 +1,257 @@
+"""Command line: ``python -m server`` and the ``twilio-agent-bridge`` script.
+
+``python -m server demo ...`` is handed to :mod:`server.demo` when that module exists.
+Configuration mistakes print one line (no traceback) and exit with status 2; a port that is
+already taken exits with status 1; a clean shutdown on SIGTERM/SIGINT exits with 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from server import __version__
+from server.settings import DEFAULT_AGENT_URL, StartupError, make_options
+
+PROG = "twilio-agent-bridge"
+log = logging.getLogger("server")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value!r}")
+    return number
+
+
+def _port(value: str) -> int:
+    number = _non_negative_int(value)
+    if number > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number (0-65535), got {value!r}")
+    return number
+
+
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value!r}")
+    return number
+
+
+def _non_negative_seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {value!r}") from None
+    if not number >= 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {value!r}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Bridge Twilio Media Streams phone calls to the Deepgram Voice Agent API.",
+        epilog=(
+            "Environment: DEEPGRAM_API_KEY (required unless --agent-url local), "
+            "TWILIO_AUTH_TOKEN (checks X-Twilio-Signature; strongly recommended), "
+            "PUBLIC_URL, DEEPGRAM_AGENT_URL. A .env file is read and never overrides "
+            "the environment. 'python -m server demo --help' runs the local demo."
+        ),
+    )
+    add = p.add_argument
+    add("--version", action="version", version=f"{PROG} {__version__}")
+    add("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    add("--port", type=_port, default=5000, help="port to listen on (default 5000)")
+    add("--config", default="config.json", help="agent Settings JSON (default ./config.json)")
+    add("--env-file", default=".env", help="dotenv file to read (default ./.env)")
+    add(
+        "--agent-url",
+        default=None,
+        help=f"agent WebSocket URL (default $DEEPGRAM_AGENT_URL or {DEFAULT_AGENT_URL}); "
+        "ws:// is accepted for local peers; 'local' runs the bundled local agent",
+    )
+    add(
+        "--public-url",
+        default=None,
+        help="externally visible https:// base URL (default $PUBLIC_URL; else derived from "
+        "the Host and X-Forwarded-Proto headers)",
+    )
+    add("--chunk-ms", type=_positive_int, default=20,
+        help="caller audio per message to the agent, in ms (default 20)")
+    add("--preroll-ms", type=_positive_int, default=5000,
+        help="caller audio held until the agent is ready, in ms (default 5000)")
+    add("--mark-interval-ms", type=_non_negative_int, default=500,
+        help="a playback mark every N ms of agent audio; 0: only at reply ends (default 500)")
+    add("--max-calls", type=_non_negative_int, default=0,
+        help="calls in progress at most; over it callers hear 'busy' (default 0: no limit)")
+    add("--log-level", default="INFO", type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], help="(default INFO)")
+    add("--certfile", default=None, help="serve TLS directly with this certificate (PEM)")
+    add("--keyfile", default=None, help="private key for --certfile (PEM)")
+    add("--max-message-bytes", type=_positive_int, default=65536,
+        help="largest WebSocket message accepted from Twilio; larger closes with 1009")
+    add("--max-agent-message-bytes", type=_positive_int, default=1 << 20,
+        help="largest message accepted from the agent (default 1 MiB)")
+    add("--max-header-bytes", type=_positive_int, default=16384,
+        help="largest HTTP request head; larger gets 431 (default 16384)")
+    add("--max-body-bytes", type=_positive_int, default=65536,
+        help="largest webhook body; larger gets 413 (default 65536)")
+    add("--request-timeout", type=_seconds, default=10.0,
+        help="seconds to receive a whole HTTP request (default 10)")
+    add("--max-write-buffer", type=_positive_int, default=262144,
+        help="bytes unsent to one peer before its call is ended (default 262144)")
+    add("--idle-timeout", type=_seconds, default=15.0,
+        help="end a call after this many seconds without a Twilio message (default 15)")
+    add("--keepalive", type=_seconds, default=8.0,
+        help="send the agent KeepAlive after this many idle seconds (default 8)")
+    add("--agent-connect-timeout", type=_seconds, default=10.0,
+        help="seconds to open the agent WebSocket (default 10)")
+    add("--settings-timeout", type=_seconds, default=10.0,
+        help="seconds for the agent to apply the Settings (default 10)")
+    add("--close-timeout", type=_seconds, default=2.0,
+        help="seconds for a close handshake before the connection is dropped (default 2)")
+    add("--shutdown-grace", type=_non_negative_seconds, default=10.0,
+        help="on SIGTERM, seconds to let calls finish before ending them (default 10)")
+    add("--tools", action="append", default=[], metavar="MODULE[:ATTR]",
+        help="import MODULE and register its TOOLS mapping of client-side tool handlers "
+        "(repeatable)")
+    add("--tool-timeout", type=_seconds, default=10.0,
+        help="seconds a tool handler may run (default 10)")
+    add("--workers", type=_positive_int, default=1,
+        help="processes serving the same port with SO_REUSEPORT (default 1)")
+    add("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
+        help="event loop: auto uses uvloop when installed (default auto)")
+    add("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+class RedactSecrets(logging.Filter):
+    """Defense in depth: replace secret values in any log record that carries one."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self.secrets = tuple(s for s in secrets if len(s) >= 4)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        redacted = message
+        for secret in self.secrets:
+            if secret in redacted:
+                redacted = redacted.replace(secret, "[REDACTED]")
+        if redacted is not message and redacted != message:
+            record.msg = redacted
+            record.args = None
+        if record.exc_info and not record.exc_text:
+            text = logging.Formatter().formatException(record.exc_info)
+            for secret in self.secrets:
+                text = text.replace(secret, "[REDACTED]")
+            record.exc_text = text
+        return True
+
+
+def setup_logging(level: str, secrets: Sequence[str] = (), worker: int = 0) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    tag = f" [worker {worker}]" if worker else ""
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s")
+    )
+    handler.addFilter(RedactSecrets(secrets))
+    root.addHandler(handler)
+    root.setLevel(level)
+    # websockets logs handshakes and errors; keep its chatter at WARNING unless debugging.
+    logging.getLogger("websockets").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+
+
+def _load_env_file(path: str) -> None:
+    from dotenv import load_dotenv
+
+    if Path(path).is_file():
+        load_dotenv(path, override=False)
+
+
+def _run_demo(argv: list[str]) -> int:
+    try:
+        demo = importlib.import_module("server.demo")
+    except ModuleNotFoundError as exc:
+        if exc.name != "server.demo":
+            raise
+        sys.stderr.write(f"{PROG}: error: the demo is not available (server.demo is missing)\n")
+        return 2
+    entry: Callable[..., Any] = demo.main
+    result = entry(argv)
+    return int(result or 0)
+
+
+def main(argv: Sequence[str] | None = None, *, worker: int = 0) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "demo":
+        return _run_demo(args_list[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    from server.app import run
+    from server.tools import ToolLoadError, ToolRegistry
+
+    try:
+        _load_env_file(args.env_file)
+        options = make_options(args)
+        setup_logging(options.log_level, options.secrets, worker)
+        tools = ToolRegistry.load(options.tools, timeout=options.tool_timeout)
+        if not worker:
+            if not options.auth_token:
+                log.warning(
+                    "TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked, so anyone "
+                    "who finds this server can open agent sessions billed to your key. "
+                    "Set it in production."
+                )
+            if tools.tools:
+                log.info("client-side tools: %s", ", ".join(sorted(tools.tools)))
+        return run(options, tools, args_list)
+    except StartupError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return exc.exit_code
+    except ToolLoadError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

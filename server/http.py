@@ -1,0 +1,459 @@
+"""HTTP side of the server: one ``asyncio.Protocol`` per TCP connection, parsed with h11.
+
+Routes: the Twilio webhook (``/incoming-call``, TwiML), ``/healthz``, ``/metrics`` and the
+``/media-stream`` WebSocket upgrade, which this module performs by hand (header checks,
+signature, capacity, ``101`` with the accept token) before handing the socket, with any bytes
+that came behind the request, to a :class:`~server.call.CallDriver`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
+from xml.sax.saxutils import escape, quoteattr
+
+import h11
+from wsproto.utilities import generate_accept_token
+
+from server import __version__, signature
+from server.call import CallDriver
+from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from server.settings import MEDIA_STREAM_PATH, WEBHOOK_PATH
+from server.ws import WsPeer
+
+if TYPE_CHECKING:
+    from server.app import Server
+
+log = logging.getLogger("server.http")
+
+SERVER_HEADER = f"twilio-agent-bridge/{__version__}".encode()
+TWIML_PARAMETERS = ("From", "To", "CallSid")
+BUSY_MESSAGE = "All our lines are busy right now. Please call again in a few minutes. Goodbye."
+
+_REASONS = {
+    101: b"Switching Protocols",
+    200: b"OK",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    426: b"Upgrade Required",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+}
+_HOST_RE = re.compile(r"^[A-Za-z0-9.\-_]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+_ROUTES_METHODS = {
+    WEBHOOK_PATH: (b"GET", b"POST"),
+    "/healthz": (b"GET",),
+    "/metrics": (b"GET",),
+    MEDIA_STREAM_PATH: (b"GET",),
+}
+
+
+def twiml_stream(stream_url: str, parameters: Sequence[tuple[str, str]]) -> str:
+    """TwiML connecting the call to ``stream_url``, with ``<Parameter>`` for each pair."""
+    params = "".join(
+        f"<Parameter name={quoteattr(name)} value={quoteattr(value)}/>"
+        for name, value in parameters
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Response><Connect><Stream url={quoteattr(stream_url)}>{params}</Stream></Connect>"
+        "</Response>"
+    )
+
+
+def twiml_busy(message: str = BUSY_MESSAGE) -> str:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Response><Say>{escape(message)}</Say><Hangup/></Response>"
+    )
+
+
+def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """A header's value (repeated headers joined with ", "), or None if absent."""
+    values = [value for key, value in headers if key == name]
+    if not values:
+        return None
+    return b", ".join(values).decode("latin-1")
+
+
+def _tokens(value: str | None) -> set[str]:
+    return {t.strip().lower() for t in value.split(",")} if value else set()
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One TCP connection: HTTP/1.1 requests until it becomes a call (or closes)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.h11 = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=server.options.max_header_bytes
+        )
+        self.call: CallDriver | None = None
+        self.peer = ""
+        self._request: h11.Request | None = None
+        self._body = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+
+    # ------------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        self.server.connections.add(self)
+        self._arm_request_timer()
+
+    def data_received(self, data: bytes) -> None:
+        call = self.call
+        if call is not None:
+            call.twilio_data(data)
+            return
+        if self._closing:
+            return
+        self.h11.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        call = self.call
+        if call is not None:
+            call.twilio_eof()
+            return None
+        if not self._closing:
+            self.h11.receive_data(b"")
+            self._process()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self._cancel_request_timer()
+        self._closing = True
+        call = self.call
+        if call is not None:
+            call.twilio_lost()
+
+    # ------------------------------------------------------------------ timers
+
+    def _arm_request_timer(self) -> None:
+        self._cancel_request_timer()
+        self._timer = self.loop.call_later(
+            self.server.options.request_timeout, self._on_request_timeout
+        )
+
+    def _cancel_request_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_request_timeout(self) -> None:
+        self._timer = None
+        if self.call is not None or self._closing or self.transport is None:
+            return
+        conn = self.h11
+        partial = conn.their_state is not h11.IDLE or bool(conn.trailing_data[0])
+        if partial and conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            self._error(408, "request timed out")
+        else:
+            self._close()
+
+    def close_idle(self) -> None:
+        """Close the connection if it is between requests (used when shutting down)."""
+        if self.call is None and self.h11.their_state is h11.IDLE and self._request is None:
+            self._close()
+
+    # ------------------------------------------------------------------ request handling
+
+    def _process(self) -> None:
+        conn = self.h11
+        while not self._closing and self.call is None:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._error(exc.error_status_hint, str(exc))
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            cls = type(event)
+            if cls is h11.Request:
+                assert isinstance(event, h11.Request)
+                self._request = event
+                self._body.clear()
+                length = _header(event.headers, b"content-length")
+                if length is not None and length.isdigit() and (
+                    int(length) > self.server.options.max_body_bytes
+                ):
+                    self._error(413, "request body too large")
+                    return
+            elif cls is h11.Data:
+                assert isinstance(event, h11.Data)
+                self._body += event.data
+                if len(self._body) > self.server.options.max_body_bytes:
+                    self._error(413, "request body too large")
+                    return
+            elif cls is h11.EndOfMessage:
+                request = self._request
+                assert request is not None
+                self._request = None
+                try:
+                    self._route(request)
+                except Exception:
+                    log.exception("error while handling %s", request.target[:100])
+                    if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                        self._error(500, "internal error")
+                    else:
+                        self._close()
+                    return
+                if self.call is not None or self._closing:
+                    return
+                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                    self._close()
+                    return
+                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                    conn.start_next_cycle()
+                    self._arm_request_timer()
+            elif cls is h11.ConnectionClosed:
+                self._close()
+                return
+
+    def _route(self, request: h11.Request) -> None:
+        target = request.target.decode("latin-1")
+        path, _, query = target.partition("?")
+        methods = _ROUTES_METHODS.get(path)
+        if methods is None:
+            self._respond(404, b"not found\n")
+            return
+        if request.method not in methods:
+            allow = ", ".join(m.decode() for m in methods)
+            self._respond(405, b"method not allowed\n", headers=[(b"allow", allow.encode())])
+            return
+        if path == WEBHOOK_PATH:
+            self._webhook(request, target, query)
+        elif path == MEDIA_STREAM_PATH:
+            self._upgrade(request)
+        elif path == "/healthz":
+            server = self.server
+            body = {
+                "status": "draining" if server.draining else "ok",
+                "calls": len(server.calls),
+                "uptime_seconds": round(server.metrics.uptime(), 3),
+            }
+            self._respond(200, json.dumps(body).encode() + b"\n", "application/json")
+        else:  # /metrics
+            text = self.server.metrics.render()
+            self._respond(200, text.encode(), METRICS_CONTENT_TYPE)
+
+    # ------------------------------------------------------------------ the webhook
+
+    def _host(self, request: h11.Request) -> str | None:
+        host = _header(request.headers, b"host")
+        if host is None or not _HOST_RE.match(host):
+            return None
+        return host
+
+    def _webhook(self, request: h11.Request, target: str, query: str) -> None:
+        server = self.server
+        options = server.options
+        public = options.public_url
+        host = self._host(request)
+        if public is None and host is None:
+            self._respond(400, b"missing or invalid Host header\n")
+            return
+        if request.method == b"POST":
+            content_type = (_header(request.headers, b"content-type") or "").lower()
+            if content_type.startswith("application/x-www-form-urlencoded"):
+                try:
+                    form = parse_qsl(
+                        self._body.decode("utf-8"), keep_blank_values=True, strict_parsing=False
+                    )
+                except UnicodeDecodeError:
+                    self._respond(400, b"form body is not UTF-8\n")
+                    return
+            else:
+                form = []
+            params = form  # a POST is signed over the URL plus its form parameters
+        else:
+            form = parse_qsl(query, keep_blank_values=True)
+            params = []  # a GET is signed over the URL alone (its query string included)
+
+        if options.auth_token:
+            if public is not None:
+                url = public.request_url(target)
+            else:
+                url = f"{self._forwarded_scheme(request)}://{host}{target}"
+            sig = _header(request.headers, b"x-twilio-signature")
+            if not signature.validate(
+                options.auth_token, signature.url_variants(url), params, sig
+            ):
+                server.metrics.call_rejected("bad_signature")
+                log.warning(
+                    "webhook refused: %s X-Twilio-Signature (peer %s)",
+                    "missing" if not sig else "invalid",
+                    self.peer,
+                )
+                self._respond(403, b"invalid signature\n")
+                return
+
+        if server.draining or server.at_capacity():
+            server.metrics.call_rejected("busy" if not server.draining else "draining")
+            log.warning("webhook answered busy (%d calls in progress)", len(server.calls))
+            self._respond(200, twiml_busy().encode(), "text/xml; charset=utf-8")
+            return
+
+        stream_url = public.stream_url if public is not None else f"wss://{host}{MEDIA_STREAM_PATH}"
+        values = dict(form)
+        parameters = [(name, values[name]) for name in TWIML_PARAMETERS if name in values]
+        body = twiml_stream(stream_url, parameters).encode("utf-8")
+        self._respond(200, body, "text/xml; charset=utf-8")
+
+    def _forwarded_scheme(self, request: h11.Request) -> str:
+        proto = _header(request.headers, b"x-forwarded-proto")
+        if proto:
+            first = proto.split(",")[0].strip().lower()
+            if first in ("http", "https"):
+                return first
+        return "https" if self.server.tls else "http"
+
+    # ------------------------------------------------------------------ the upgrade
+
+    def _upgrade(self, request: h11.Request) -> None:
+        server = self.server
+        options = server.options
+        headers = request.headers
+        if "websocket" not in _tokens(_header(headers, b"upgrade")):
+            self._respond(
+                426, b"this route takes a WebSocket upgrade\n",
+                headers=[(b"upgrade", b"websocket"), (b"connection", b"Upgrade")],
+            )
+            return
+        if "upgrade" not in _tokens(_header(headers, b"connection")):
+            self._respond(400, b"Connection header must contain Upgrade\n")
+            return
+        if _header(headers, b"sec-websocket-version") != "13":
+            self._respond(
+                426, b"unsupported WebSocket version\n",
+                headers=[(b"sec-websocket-version", b"13")],
+            )
+            return
+        key = _header(headers, b"sec-websocket-key")
+        try:
+            valid_key = key is not None and len(base64.b64decode(key, validate=True)) == 16
+        except (binascii.Error, ValueError):
+            valid_key = False
+        if not valid_key or key is None:
+            self._respond(400, b"invalid Sec-WebSocket-Key\n")
+            return
+
+        if options.auth_token:
+            public = options.public_url
+            host = self._host(request)
+            if public is not None:
+                url = public.stream_url
+            elif host is not None:
+                url = f"wss://{host}{MEDIA_STREAM_PATH}"
+            else:
+                url = ""
+            sig = _header(headers, b"x-twilio-signature")
+            if not url or not signature.validate(
+                options.auth_token, signature.url_variants(url, trailing_slash=True), [], sig
+            ):
+                server.metrics.call_rejected("bad_signature")
+                log.warning(
+                    "media stream refused: %s X-Twilio-Signature (peer %s)",
+                    "missing" if not sig else "invalid",
+                    self.peer,
+                )
+                self._respond(403, b"invalid signature\n")
+                return
+
+        if server.draining or server.at_capacity():
+            server.metrics.call_rejected("busy" if not server.draining else "draining")
+            log.warning("media stream refused: %d calls in progress", len(server.calls))
+            self._respond(503, b"busy\n", headers=[(b"retry-after", b"5")])
+            return
+
+        response = h11.InformationalResponse(
+            status_code=101,
+            headers=[
+                (b"upgrade", b"websocket"),
+                (b"connection", b"Upgrade"),
+                (b"sec-websocket-accept", generate_accept_token(key.encode("ascii"))),
+                (b"server", SERVER_HEADER),
+            ],
+            reason=_REASONS[101],
+        )
+        data = self.h11.send(response)
+        trailing, _closed = self.h11.trailing_data
+        self._cancel_request_timer()
+        transport = self.transport
+        assert transport is not None and data is not None
+        transport.write(data)
+        server.metrics.http_response(101)
+        ws = WsPeer(trailing, options.max_message_bytes)
+        self.call = call = CallDriver(server, transport, ws, self.peer)
+        server.call_started(call)
+        call.start()
+
+    # ------------------------------------------------------------------ responses
+
+    def _respond(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "text/plain; charset=utf-8",
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        conn = self.h11
+        all_headers = [
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"server", SERVER_HEADER),
+            *headers,
+        ]
+        if self.server.draining or status >= 400:
+            all_headers.append((b"connection", b"close"))
+        data = conn.send(
+            h11.Response(status_code=status, headers=all_headers, reason=_REASONS.get(status, b""))
+        )
+        data = (data or b"") + (conn.send(h11.Data(data=body)) or b"")
+        data += conn.send(h11.EndOfMessage()) or b""
+        assert self.transport is not None
+        self.transport.write(data)
+        self.server.metrics.http_response(status)
+
+    def _error(self, status: int, detail: str) -> None:
+        """Answer a request that cannot be served normally, then close the connection."""
+        body = f"{detail}\n".encode()
+        reason = _REASONS.get(status, b"Error")
+        head = (
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\nserver: %s\r\n\r\n"
+            % (status, reason, len(body), SERVER_HEADER)
+        )
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(head + body)
+        self.server.metrics.http_response(status)
+        if self.server.debug:
+            log.debug("HTTP %d to %s: %s", status, self.peer, detail)
+        self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self._cancel_request_timer()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()

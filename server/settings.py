@@ -1,0 +1,242 @@
+"""Server options: command-line flags, environment, ``.env`` and ``config.json``, validated once.
+
+Every problem found here becomes a :class:`StartupError` carrying one line for the user and
+an exit code, so the command line never shows a traceback for a configuration mistake.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sansio import BridgeConfig, ConfigError
+
+DEFAULT_AGENT_URL = "wss://agent.deepgram.com/v1/agent/converse"
+LOCAL_AGENT = "local"
+"""Special ``--agent-url`` value: run the bundled local agent in-process (no key needed)."""
+
+MEDIA_STREAM_PATH = "/media-stream"
+WEBHOOK_PATH = "/incoming-call"
+
+
+class StartupError(Exception):
+    """A configuration problem: ``str(exc)`` is the one line to print."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True, slots=True)
+class PublicURL:
+    """The externally visible base URL (``--public-url`` / ``PUBLIC_URL``)."""
+
+    scheme: str  # "https" or "http"
+    netloc: str  # host[:port], as given
+    prefix: str  # "" or "/some/prefix" (no trailing slash)
+
+    @property
+    def stream_url(self) -> str:
+        """The ``wss://`` URL of the media stream, as written in the TwiML (and signed)."""
+        netloc = self.netloc
+        if netloc.endswith(":443"):
+            netloc = netloc[:-4]
+        return f"wss://{netloc}{self.prefix}{MEDIA_STREAM_PATH}"
+
+    def request_url(self, target: str) -> str:
+        """The URL Twilio requested for an HTTP ``target`` (path plus query) on this server."""
+        return f"{self.scheme}://{self.netloc}{self.prefix}{target}"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Everything the server needs, validated."""
+
+    bridge: BridgeConfig
+    host: str = "0.0.0.0"
+    port: int = 5000
+    config_path: str = "config.json"
+    agent_url: str = DEFAULT_AGENT_URL
+    local_agent: bool = False
+    public_url: PublicURL | None = None
+    api_key: str = field(default="", repr=False)
+    auth_token: str | None = field(default=None, repr=False)
+    max_calls: int | None = None
+    log_level: str = "INFO"
+    certfile: str | None = None
+    keyfile: str | None = None
+    max_message_bytes: int = 65536
+    max_header_bytes: int = 16384
+    max_body_bytes: int = 65536
+    request_timeout: float = 10.0
+    max_write_buffer: int = 262144
+    max_agent_message_bytes: int = 1 << 20
+    shutdown_grace: float = 10.0
+    tool_timeout: float = 10.0
+    tools: tuple[str, ...] = ()
+    workers: int = 1
+    reuse_port: bool = False
+    loop: str = "auto"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in a log line."""
+        return tuple(s for s in (self.api_key, self.auth_token) if s)
+
+
+def load_settings_file(path: str) -> dict[str, Any]:
+    """Read and check ``config.json`` (the agent ``Settings`` message)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StartupError(f"cannot read config file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StartupError(f"cannot read config file {path}: {reason}") from None
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StartupError(
+            f"invalid config file {path}: not valid JSON ({exc.msg} at line {exc.lineno}"
+            f" column {exc.colno})"
+        ) from None
+    try:
+        BridgeConfig(settings=settings)  # runs validate_settings
+    except ConfigError as exc:
+        raise StartupError(f"invalid config file {path}: field {exc.field}: {exc.reason}") from None
+    assert isinstance(settings, dict)
+    return settings
+
+
+def parse_public_url(value: str) -> PublicURL:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise StartupError(
+            f"invalid public URL {value!r}: must look like https://host[:port][/prefix]"
+        )
+    if parts.query or parts.fragment:
+        raise StartupError(f"invalid public URL {value!r}: no query string or fragment allowed")
+    if "@" in parts.netloc:
+        raise StartupError(f"invalid public URL {value!r}: no credentials allowed")
+    return PublicURL(parts.scheme, parts.netloc, parts.path.rstrip("/"))
+
+
+def check_agent_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("wss", "ws") or not parts.hostname:
+        raise StartupError(f"invalid agent URL {value!r}: must be wss://host/path (or ws://)")
+    return value
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_FLAG_OF_FIELD = {
+    "chunk_ms": "--chunk-ms",
+    "preroll_ms": "--preroll-ms",
+    "keepalive_interval": "--keepalive",
+    "agent_connect_timeout": "--agent-connect-timeout",
+    "settings_timeout": "--settings-timeout",
+    "twilio_idle_timeout": "--idle-timeout",
+    "close_timeout": "--close-timeout",
+    "mark_interval_ms": "--mark-interval-ms",
+}
+
+
+def _json_loads() -> Callable[[str], Any]:
+    try:
+        import orjson
+    except ImportError:  # the optional "fast" extra
+        return json.loads
+    return orjson.loads
+
+
+def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerOptions:
+    """Build :class:`ServerOptions` from parsed flags (an ``argparse.Namespace``) and the env."""
+    env = os.environ if environ is None else environ
+
+    agent_url = args.agent_url or env.get("DEEPGRAM_AGENT_URL") or DEFAULT_AGENT_URL
+    local_agent = agent_url == LOCAL_AGENT
+    if not local_agent:
+        check_agent_url(agent_url)
+
+    api_key = env.get("DEEPGRAM_API_KEY", "").strip()
+    if not api_key and not local_agent:
+        raise StartupError(
+            "DEEPGRAM_API_KEY is not set: put it in the environment or in a .env file"
+            " (or use --agent-url local for a connectivity check)"
+        )
+    auth_token = env.get("TWILIO_AUTH_TOKEN", "").strip() or None
+
+    public = args.public_url or env.get("PUBLIC_URL") or None
+    public_url = parse_public_url(public) if public else None
+
+    if bool(args.certfile) != bool(args.keyfile):
+        raise StartupError("--certfile and --keyfile must be given together")
+    for name in ("certfile", "keyfile"):
+        path = getattr(args, name)
+        if path and not Path(path).is_file():
+            raise StartupError(f"cannot read --{name} {path}: no such file")
+
+    if args.workers > 1 and args.port == 0:
+        raise StartupError("--workers needs a fixed --port (port 0 would differ per worker)")
+
+    settings = load_settings_file(args.config)
+    try:
+        bridge = BridgeConfig(
+            settings=settings,
+            chunk_ms=args.chunk_ms,
+            preroll_ms=args.preroll_ms,
+            keepalive_interval=args.keepalive,
+            agent_connect_timeout=args.agent_connect_timeout,
+            settings_timeout=args.settings_timeout,
+            twilio_idle_timeout=args.idle_timeout,
+            close_timeout=args.close_timeout,
+            mark_interval_ms=args.mark_interval_ms,
+            json_loads=_json_loads(),
+        )
+    except ConfigError as exc:
+        flag = _FLAG_OF_FIELD.get(exc.field, exc.field)
+        raise StartupError(f"invalid {flag}: {exc.reason}") from None
+
+    return ServerOptions(
+        bridge=bridge,
+        host=args.host,
+        port=args.port,
+        config_path=args.config,
+        agent_url=agent_url,
+        local_agent=local_agent,
+        public_url=public_url,
+        api_key=api_key,
+        auth_token=auth_token,
+        max_calls=args.max_calls or None,
+        log_level=args.log_level,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        max_message_bytes=args.max_message_bytes,
+        max_header_bytes=args.max_header_bytes,
+        max_body_bytes=args.max_body_bytes,
+        request_timeout=args.request_timeout,
+        max_write_buffer=args.max_write_buffer,
+        max_agent_message_bytes=args.max_agent_message_bytes,
+        shutdown_grace=args.shutdown_grace,
+        tool_timeout=args.tool_timeout,
+        tools=tuple(args.tools or ()),
+        workers=args.workers,
+        reuse_port=bool(getattr(args, "reuse_port", False)),
+        loop=args.loop,
+    )
