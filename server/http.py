@@ -194,6 +194,11 @@ class HttpProtocol(asyncio.Protocol):
                 assert isinstance(event, h11.Request)
                 self._request = event
                 self._body.clear()
+                # h11 caps only a head that is still incomplete; cap a complete one too.
+                head = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+                if head > self.server.options.max_header_bytes:
+                    self._error(431, "request header fields too large")
+                    return
                 length = _header(event.headers, b"content-length")
                 if length is not None and length.isdigit() and (
                     int(length) > self.server.options.max_body_bytes

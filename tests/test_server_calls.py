@@ -1,0 +1,476 @@
+"""Whole calls over loopback: a websockets client plays Twilio, a websockets server the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import struct
+import time
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from sansio import fill_placeholders
+from server.tools import ToolRegistry
+from tests.server_support import (
+    API_KEY,
+    SETTINGS,
+    STREAM_SID,
+    FakeAgent,
+    caller,
+    connected,
+    frame,
+    mark,
+    media,
+    recv_json,
+    recv_until,
+    run,
+    running_server,
+    start,
+    stop,
+    until,
+)
+
+
+async def _closed_within(ws: Any, timeout: float) -> float:
+    """Read until the caller's WebSocket is closed; return how long it took."""
+    t0 = time.monotonic()
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), max(0.01, timeout - (time.monotonic() - t0)))
+    except ConnectionClosed:
+        return time.monotonic() - t0
+
+
+def test_full_call() -> None:
+    async def body() -> None:
+        async with FakeAgent(apply_delay=0.15) as agent, running_server(agent=agent) as server:
+            ws = await caller(server)
+            await ws.send(connected())
+            await ws.send(start({"From": "+15550001", "To": "+15550002"}))
+            sent = bytearray()
+            for i in range(40):  # some before SettingsApplied, some after
+                await ws.send(media(frame(i), i + 2))
+                sent += frame(i)
+                await asyncio.sleep(0.005)
+            session = await agent.session()
+            await until(lambda: len(session.audio) >= len(sent), what="all caller audio")
+
+            # Settings first, exactly config.json with placeholders filled; the key presented.
+            assert session.headers.get("Authorization") == f"Token {API_KEY}"
+            assert session.order[0] == "Settings"
+            assert session.texts[0] == fill_placeholders(SETTINGS, {"From": "+15550001"})
+            # every inbound byte, in order, none before SettingsApplied
+            assert bytes(session.audio) == bytes(sent)
+            assert session.audio_before_applied == 0
+
+            # agent audio reaches the caller in order as exact media messages
+            replies = [bytes([n]) * 480 for n in range(1, 6)]
+            for chunk in replies:
+                await session.send(chunk)
+            received = b""
+            while len(received) < 5 * 480:
+                message = await recv_json(ws)
+                if message["event"] == "mark":
+                    continue
+                assert message["event"] == "media"
+                assert set(message) == {"event", "streamSid", "media"}
+                assert set(message["media"]) == {"payload"}
+                assert message["streamSid"] == STREAM_SID
+                received += base64.b64decode(message["media"]["payload"])
+            assert received == b"".join(replies)
+
+            # AgentAudioDone is followed by a mark; its echo is accepted
+            await session.send({"type": "AgentAudioDone"})
+            marked, _ = await recv_until(ws, "mark")
+            assert set(marked) == {"event", "streamSid", "mark"}
+            await ws.send(mark(marked["mark"]["name"]))
+
+            # barge-in: UserStartedSpeaking becomes clear within 50 ms
+            await session.send(b"\x07" * 800)
+            t0 = time.monotonic()
+            await session.send({"type": "UserStartedSpeaking"})
+            cleared, _ = await recv_until(ws, "clear")
+            assert time.monotonic() - t0 < 0.05
+            assert cleared == {"event": "clear", "streamSid": STREAM_SID}
+
+            # the transcript is logged; stop closes the agent leg within 1 s
+            await session.send({"type": "ConversationText", "role": "user", "content": "hi"})
+            await asyncio.sleep(0.02)
+            t0 = time.monotonic()
+            await ws.send(stop())
+            await asyncio.wait_for(session.closed.wait(), 1.0)
+            assert time.monotonic() - t0 < 1.0
+            await _closed_within(ws, 1.5)
+            await until(lambda: not server.calls, what="call removed")
+            assert agent.open_connections == 0
+            m = server.metrics
+            assert m.calls_started == 1 and m.calls_ended == {"hangup": 1}
+            assert m.caller_audio_bytes == len(sent)
+            assert m.agent_audio_bytes == 5 * 480 + 800
+            assert m.barge_ins == 1
+            assert m.added_latency.count > 0  # pre-roll held until SettingsApplied counts too
+
+    run(body())
+
+
+def test_added_latency_p99_is_small() -> None:
+    """Measured from outside: caller send -> agent receive, per 20 ms frame, in real time."""
+
+    async def body() -> None:
+        async with FakeAgent() as agent, running_server(agent=agent) as server:
+            ws = await caller(server)
+            await ws.send(start())
+            session = await agent.session()
+            await until(lambda: session.applied_at is not None)
+            arrivals: list[float] = []
+            original = session.audio
+
+            class Recorder(bytearray):
+                def __iadd__(self, other: Any) -> Recorder:  # type: ignore[override]
+                    arrivals.append(time.monotonic())
+                    super().__iadd__(other)
+                    return self
+
+            session.audio = Recorder(original)
+            sent_at: list[float] = []
+            t_next = time.monotonic()
+            for i in range(100):  # 2 s of real-time audio
+                sent_at.append(time.monotonic())
+                await ws.send(media(frame(i), i + 2))
+                t_next += 0.02
+                await asyncio.sleep(max(0.0, t_next - time.monotonic()))
+            await until(lambda: len(arrivals) >= 100)
+            delays = sorted(a - s for a, s in zip(arrivals, sent_at, strict=True))
+            assert delays[98] <= 0.06, delays[-5:]
+            assert server.metrics.added_latency.quantile(0.99) <= 0.06
+            await ws.send(stop())
+            await _closed_within(ws, 2)
+
+    run(body())
+
+
+def test_transcript_and_call_lines_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
+
+    async def body() -> None:
+        async with FakeAgent() as agent, running_server(agent=agent) as server:
+            ws = await caller(server)
+            await ws.send(start())
+            session = await agent.session()
+            await until(lambda: session.applied_at is not None)
+            await session.send({"type": "ConversationText", "role": "assistant", "content": "Hi!"})
+            await asyncio.sleep(0.05)
+            await ws.send(stop())
+            await _closed_within(ws, 1.5)
+            await until(lambda: not server.calls)
+
+    run(body())
+    text = caplog.text
+    assert "call started callSid=CA" in text and "streamSid=MZ" in text
+    assert "call ended" in text and "reason=hangup" in text and "duration=" in text
+    assert "caller_bytes=" in text and "agent_bytes=" in text
+    assert "transcript" in text and "assistant: Hi!" in text
+    assert API_KEY not in text
+
+
+@pytest.mark.parametrize("how", ["close", "error"])
+def test_agent_ending_closes_caller(how: str) -> None:
+    async def body() -> None:
+        async with FakeAgent() as agent, running_server(agent=agent) as server:
+            ws = await caller(server)
+            await ws.send(start())
+            session = await agent.session()
+            await until(lambda: session.applied_at is not None)
+            if how == "close":
+                await session.ws.close(1011, "boom")
+            else:
+                await session.send({"type": "Error", "code": "X", "description": "bad"})
+            assert await _closed_within(ws, 1.5) < 1.5
+            await until(lambda: not server.calls)
+            assert server.metrics.calls_ended == {"agent_error": 1}
+            assert server.metrics.agent_errors == 1
+            await asyncio.wait_for(session.closed.wait(), 2)
+
+    run(body())
+
+
+def test_agent_unreachable_ends_call_cleanly() -> None:
+    async def body() -> None:
+        with socket.socket() as s:  # a port with nobody listening
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        url = f"ws://127.0.0.1:{port}/v1/agent/converse"
+        async with running_server("--agent-url", url) as server:
+            ws = await caller(server)
+            await ws.send(connected())
+            await ws.send(start())
+            await ws.send(media(frame(1), 2))
+            assert await _closed_within(ws, 3) < 3
+            assert ws.close_code == 1000
+            await until(lambda: not server.calls)
+            assert server.metrics.calls_ended == {"agent_unreachable": 1}
+
+    run(body())
+
+
+def test_agent_that_never_applies_settings_times_out() -> None:
+    async def body() -> None:
+        async with FakeAgent(apply=False) as agent, running_server(
+            "--settings-timeout", "0.3", agent=agent
+        ) as server:
+            ws = await caller(server)
+            await ws.send(start())
+            assert await _closed_within(ws, 2) < 2
+            await until(lambda: not server.calls)
+            assert server.metrics.calls_ended == {"timeout": 1}
+            assert agent.open_connections == 0
+
+    run(body())
+
+
+def test_caller_vanishing_closes_agent() -> None:
+    async def body() -> None:
+        async with FakeAgent() as agent, running_server(agent=agent) as server:
+            ws = await caller(server)
+            await ws.send(start())
+            session = await agent.session()
+            await until(lambda: session.applied_at is not None)
+            ws.transport.abort()  # no close frame, no stop
+            await asyncio.wait_for(session.closed.wait(), 1.0)
+            await until(lambda: not server.calls)
+            assert server.metrics.calls_ended == {"hangup": 1}
+
+    run(body())
+
+
+def test_bad_input_leaves_concurrent_call_untouched() -> None:
+    """Junk on one call (non-JSON, binary, broken media, a 10 MB frame) ends or is ignored
+    there, while a concurrent call keeps bridging audio both ways."""
+
+    async def body() -> None:
+        async with FakeAgent() as agent, running_server(agent=agent) as server:
+            good = await caller(server)
+            await good.send(start())
+            good_session = await agent.session(0)
+            await until(lambda: good_session.applied_at is not None)
+            sent = bytearray()
+            seq = 2
+
+            async def exchange() -> None:
+                nonlocal seq
+                await good.send(media(frame(seq), seq))
+                sent.extend(frame(seq))
+                seq += 1
+                await good_session.send(b"\x05" * 160)
+                message = await recv_json(good)
+                while message["event"] != "media":
+                    message = await recv_json(good)
+
+            # 1. not JSON -> 1007
+            bad = await caller(server)
+            await bad.send(start(stream_sid="MZbad1"))
+            await bad.send("this is not json")
+            assert await _closed_within(bad, 2) < 2 and bad.close_code == 1007
+            await exchange()
+
+            # 2. binary -> 1003
+            bad = await caller(server)
+            await bad.send(b"\x00\x01binary")
+            assert await _closed_within(bad, 2) < 2 and bad.close_code == 1003
+            await exchange()
+
+            # 3. broken media is ignored; the call goes on
+            bad = await caller(server)
+            await bad.send(start(stream_sid="MZbad3"))
+            await bad.send(json.dumps({"event": "media", "media": {"payload": "%%%not base64"}}))
+            await bad.send(json.dumps({"event": "media", "media": "nope"}))
+            await bad.send(json.dumps({"event": "media"}))
+            await bad.send(json.dumps({"event": "bogus"}))
+            await exchange()
+            assert bad.state.name == "OPEN"
+            await bad.send(stop(stream_sid="MZbad3"))
+            await _closed_within(bad, 2)
+
+            # 4. a 10 MB frame -> 1009, refused early
+            bad = await caller(server, max_size=None)
+            await bad.send(start(stream_sid="MZbad4"))
+            t0 = time.monotonic()
+            big = "x" * (10 * 1024 * 1024)
+            send_task = asyncio.ensure_future(bad.send(big))
+            assert await _closed_within(bad, 5) < 5
+            send_task.cancel()
+            assert bad.close_code == 1009
+            assert time.monotonic() - t0 < 5
+            await exchange()
+
+            # the good call kept every byte, in order
+            await until(lambda: len(good_session.audio) >= len(sent))
+            assert bytes(good_session.audio) == bytes(sent)
+            await good.send(stop())
+            await _closed_within(good, 2)
+            await until(lambda: not server.calls, what="all calls removed")
+            assert agent.open_connections == 0
+            assert server.metrics.calls_ended.get("protocol_error") == 3
+
+    run(body(), timeout=40)
+
+
+def _masked_text_frame(text: str) -> bytes:
+    payload = text.encode()
+    key = b"\x01\x02\x03\x04"
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    n = len(payload)
+    head = bytes((0x81, 0x80 | n)) if n < 126 else struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    return head + key + masked
+
+
+def test_bytes_behind_the_upgrade_request_are_not_lost() -> None:
+    async def body() -> None:
+        async with FakeAgent() as agent, running_server(agent=agent) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            request = (
+                "GET /media-stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+            # the upgrade request and two frames in one TCP write
+            writer.write(request + _masked_text_frame(connected()) + _masked_text_frame(start()))
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+            assert head.startswith(b"HTTP/1.1 101 ")
+            assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+            session = await agent.session()  # the start behind the request opened the agent
+            await until(lambda: bool(session.order))
+            assert session.order[0] == "Settings"
+            writer.close()
+            await until(lambda: not server.calls)
+
+    run(body())
+
+
+def test_ping_is_answered() -> None:
+    async def body() -> None:
+        async with FakeAgent() as agent, running_server(agent=agent) as server:
+            ws = await caller(server)
+            waiter = await ws.ping(b"hello")
+            latency = await asyncio.wait_for(waiter, 2)
+            assert latency >= 0
+            await ws.close()
+            await until(lambda: not server.calls)
+
+    run(body())
+
+
+def test_fragmented_message_is_reassembled() -> None:
+    async def body() -> None:
+        async with FakeAgent() as agent, running_server(agent=agent) as server:
+            ws = await caller(server)
+            text = start()
+            await ws.send([text[:10], text[10:50], text[50:]])  # three fragments
+            session = await agent.session()
+            await until(lambda: bool(session.order))
+            assert session.order[0] == "Settings"
+            await ws.close()
+            await until(lambda: not server.calls)
+
+    run(body())
+
+
+async def _lookup(args: Any) -> dict[str, Any]:
+    await asyncio.sleep(0)
+    return {"open": True, "day": args.get("day")}
+
+
+def _raises(args: Any) -> str:
+    raise RuntimeError("secret internals")
+
+
+def test_client_side_tools() -> None:
+    async def body() -> None:
+        tools = ToolRegistry({"lookup": _lookup, "broken": _raises})
+        async with FakeAgent() as agent, running_server(agent=agent, tools=tools) as server:
+            ws = await caller(server)
+            await ws.send(start())
+            session = await agent.session()
+            await until(lambda: session.applied_at is not None)
+            await session.send(
+                {
+                    "type": "FunctionCallRequest",
+                    "functions": [
+                        {"id": "f1", "name": "lookup", "arguments": '{"day": "monday"}',
+                         "client_side": True},
+                        {"id": "f2", "name": "missing", "arguments": "{}", "client_side": True},
+                        {"id": "f3", "name": "broken", "arguments": "{}", "client_side": True},
+                    ],
+                }
+            )
+            await until(lambda: session.types().count("FunctionCallResponse") == 3)
+            answers = {t["id"]: t for t in session.texts if t["type"] == "FunctionCallResponse"}
+            assert json.loads(answers["f1"]["content"]) == {"open": True, "day": "monday"}
+            assert answers["f1"]["name"] == "lookup"
+            assert "unknown tool" in json.loads(answers["f2"]["content"])["error"]
+            assert "failed" in json.loads(answers["f3"]["content"])["error"]
+            assert server.metrics.tool_calls == 3 and server.metrics.tool_errors == 2
+            await ws.send(stop())
+            await _closed_within(ws, 2)
+
+    run(body())
+
+
+def test_end_call_tool_hangs_up() -> None:
+    async def body() -> None:
+        async with FakeAgent() as agent, running_server(agent=agent) as server:
+            ws = await caller(server)
+            await ws.send(start())
+            session = await agent.session()
+            await until(lambda: session.applied_at is not None)
+            await session.send(
+                {"type": "FunctionCallRequest", "functions": [
+                    {"id": "e1", "name": "end_call", "arguments": "{}", "client_side": True}]}
+            )
+            assert await _closed_within(ws, 5) < 5
+            await until(lambda: not server.calls)
+            assert server.metrics.calls_ended == {"tool": 1}
+
+    run(body())
+
+
+def test_many_sequential_calls_leave_nothing_behind() -> None:
+    async def body() -> None:
+        async with FakeAgent() as agent, running_server(agent=agent) as server:
+            for n in range(20):
+                ws = await caller(server)
+                await ws.send(start())
+                session = await agent.session(n)
+                await until(lambda s=session: s.applied_at is not None)  # type: ignore[misc]
+                await ws.send(media(frame(n), 2))
+                await ws.send(stop())
+                await _closed_within(ws, 2)
+                await asyncio.wait_for(session.closed.wait(), 2)
+            await until(lambda: not server.calls and len(server.connections) == 0)
+            assert agent.open_connections == 0
+            assert server.metrics.calls_ended == {"hangup": 20}
+
+    run(body())
+
+
+def test_shutdown_ends_calls_with_reason() -> None:
+    async def body() -> None:
+        async with FakeAgent() as agent:
+            async with running_server(agent=agent, grace=0.2) as server:
+                ws = await caller(server)
+                await ws.send(start())
+                session = await agent.session()
+                await until(lambda: session.applied_at is not None)
+            # leaving the block ran shutdown(grace=0.2): both legs closed with a reason
+            assert await _closed_within(ws, 2) < 2
+            assert ws.close_code == 1000 and "shutdown" in (ws.close_reason or "")
+            await asyncio.wait_for(session.closed.wait(), 2)
+            assert not server.calls
+            assert server.metrics.calls_ended == {"shutdown": 1}
+
+    run(body())

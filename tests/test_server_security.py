@@ -1,0 +1,177 @@
+"""X-Twilio-Signature on both routes, checked against twilio's RequestValidator as an oracle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import parse_qsl, urlencode
+
+import pytest
+from twilio.request_validator import RequestValidator
+from websockets.exceptions import InvalidStatus
+
+from server import signature
+from tests.server_support import (
+    API_KEY,
+    FakeAgent,
+    caller,
+    get,
+    http,
+    post_form,
+    run,
+    running_server,
+    start,
+    stop,
+    until,
+)
+
+TOKEN = "tok-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
+PUBLIC = "https://bridge.example.com"
+ENV = {"TWILIO_AUTH_TOKEN": TOKEN, "PUBLIC_URL": PUBLIC}
+ORACLE = RequestValidator(TOKEN)
+FORM = {"CallSid": "CA1", "From": "+15550001", "To": "+15550002", "AccountSid": "AC1"}
+
+
+def test_signature_module_agrees_with_the_oracle() -> None:
+    url = "https://example.com/myapp.php?foo=1&bar=2"
+    params = {"CallSid": "CA1234567890ABCDE", "Caller": "+14158675310", "Digits": "1234",
+              "From": "+14158675310", "To": "+18005551212"}
+    expected = RequestValidator("12345").compute_signature(url, params)
+    assert expected == "L/OH5YylLD5NRKLltdqwSvS0BnU="  # the worked example in Twilio's docs
+    assert signature.compute_signature("12345", url, list(params.items())) == expected
+    # repeated names: values de-duplicated and sorted, as the oracle does
+    repeated = [("B", "2"), ("A", "z"), ("A", "y"), ("A", "z")]
+    class MultiDict(dict[str, str]):  # the getall() interface the oracle supports
+        def getall(self, name: str) -> list[str]:
+            return [v for k, v in repeated if k == name]
+
+    oracle = ORACLE.compute_signature(url, MultiDict(repeated))
+    assert signature.compute_signature(TOKEN, url, repeated) == oracle
+    wss = "wss://bridge.example.com/media-stream"
+    sig = ORACLE.compute_signature(wss, {})
+    assert signature.validate(TOKEN, signature.url_variants(wss, trailing_slash=True), [], sig)
+    # Twilio may have signed with the port, or with a trailing slash
+    for signed in ("wss://bridge.example.com:443/media-stream", wss + "/"):
+        sig = ORACLE.compute_signature(signed, {})
+        assert signature.validate(TOKEN, signature.url_variants(wss, trailing_slash=True), [], sig)
+    assert not signature.validate(TOKEN, [wss], [], "bm9wZQ==")
+    assert not signature.validate(TOKEN, [wss], [], None)
+
+
+def test_webhook_refuses_unsigned_and_wrongly_signed() -> None:
+    async def body() -> None:
+        async with running_server(env=ENV) as server:
+            form = urlencode(FORM)
+            assert (await http(server.port, post_form("/incoming-call", form))).status == 403
+            bad = ORACLE.compute_signature(PUBLIC + "/incoming-call", {**FORM, "From": "+1999"})
+            raw = post_form("/incoming-call", form, extra=f"X-Twilio-Signature: {bad}\r\n")
+            assert (await http(server.port, raw)).status == 403
+            other = RequestValidator("another-token").compute_signature(
+                PUBLIC + "/incoming-call", FORM
+            )
+            raw = post_form("/incoming-call", form, extra=f"X-Twilio-Signature: {other}\r\n")
+            assert (await http(server.port, raw)).status == 403
+            assert server.metrics.calls_rejected == {"bad_signature": 3}
+
+    run(body())
+
+
+def test_webhook_accepts_correct_signatures() -> None:
+    async def body() -> None:
+        async with running_server(env=ENV) as server:
+            form = urlencode(FORM)
+            sig = ORACLE.compute_signature(PUBLIC + "/incoming-call", dict(parse_qsl(form)))
+            raw = post_form("/incoming-call", form, extra=f"x-twilio-signature: {sig}\r\n")
+            result = await http(server.port, raw)
+            assert result.status == 200 and "<Connect><Stream" in result.text
+            # a GET is signed over the URL with its query string
+            target = "/incoming-call?" + form
+            sig = ORACLE.compute_signature(PUBLIC + target, {})
+            raw = get(target, extra=f"X-Twilio-Signature: {sig}\r\n")
+            assert (await http(server.port, raw)).status == 200
+
+    run(body())
+
+
+def test_webhook_signature_without_public_url_uses_host_and_forwarded_proto() -> None:
+    async def body() -> None:
+        async with running_server(env={"TWILIO_AUTH_TOKEN": TOKEN}) as server:
+            form = urlencode(FORM)
+            sig = ORACLE.compute_signature("https://proxy.example.net/incoming-call", FORM)
+            extra = f"X-Forwarded-Proto: https\r\nX-Twilio-Signature: {sig}\r\n"
+            raw = post_form("/incoming-call", form, host="proxy.example.net", extra=extra)
+            result = await http(server.port, raw)
+            assert result.status == 200
+            assert 'url="wss://proxy.example.net/media-stream"' in result.text
+            # the same signature over http:// does not match
+            raw = post_form("/incoming-call", form, host="proxy.example.net",
+                            extra=f"X-Twilio-Signature: {sig}\r\n")
+            assert (await http(server.port, raw)).status == 403
+
+    run(body())
+
+
+def test_upgrade_refused_without_valid_signature_and_no_agent_opened() -> None:
+    async def body() -> None:
+        async with FakeAgent() as agent, running_server(agent=agent, env=ENV) as server:
+            for headers in (
+                {},
+                {"X-Twilio-Signature": "bm9wZQ=="},
+                {"X-Twilio-Signature": ORACLE.compute_signature(
+                    "wss://elsewhere.example.com/media-stream", {})},
+                {"X-Twilio-Signature": ORACLE.compute_signature(PUBLIC + "/media-stream", {})},
+            ):
+                with pytest.raises(InvalidStatus) as info:
+                    await caller(server, headers=headers)
+                assert info.value.response.status_code == 403
+            await asyncio.sleep(0.1)
+            assert agent.sessions == []
+            assert not server.calls
+
+    run(body())
+
+
+def test_upgrade_accepted_with_correct_signature() -> None:
+    async def body() -> None:
+        async with FakeAgent() as agent, running_server(agent=agent, env=ENV) as server:
+            sig = ORACLE.compute_signature("wss://bridge.example.com/media-stream", {})
+            ws = await caller(server, headers={"X-Twilio-Signature": sig})
+            await ws.send(start())
+            session = await agent.session()
+            await until(lambda: session.applied_at is not None)
+            await ws.send(stop())
+            await asyncio.wait_for(session.closed.wait(), 1)
+
+    run(body())
+
+
+def test_secrets_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    async def body() -> None:
+        async with FakeAgent() as agent, running_server(agent=agent, env=ENV) as server:
+            sig = ORACLE.compute_signature("wss://bridge.example.com/media-stream", {})
+            ws = await caller(server, headers={"X-Twilio-Signature": sig})
+            await ws.send(start())
+            session = await agent.session()
+            await until(lambda: session.applied_at is not None)
+            await ws.send(stop())
+            await asyncio.wait_for(session.closed.wait(), 1)
+            await http(server.port, post_form("/incoming-call", "From=1",
+                                              extra=f"X-Twilio-Signature: {sig}\r\n"))
+
+    run(body())
+    # our own log lines (the test peers' websockets loggers print their own headers)
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("server"))
+    assert "call started" in text
+    assert API_KEY not in text and TOKEN not in text
+    sig = ORACLE.compute_signature("wss://bridge.example.com/media-stream", {})
+    assert sig not in text
+
+
+def test_redaction_filter() -> None:
+    from server.cli import RedactSecrets
+
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "key is %s", (API_KEY,), None)
+    RedactSecrets([API_KEY]).filter(record)
+    assert record.getMessage() == "key is [REDACTED]"
