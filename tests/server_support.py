@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -33,12 +34,16 @@ CALL_SID = "CA" + "fedcba9876543210" * 2
 ACCOUNT_SID = "AC" + "00112233445566778899aabbccddeeff"
 
 
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
-    """Run one async test body with an overall bound."""
+def run(coro: Coroutine[Any, Any, Any], timeout: float = 30.0, loop: str | None = None) -> Any:
+    """Run one async test body with an overall bound (on uvloop if SERVER_TEST_LOOP=uvloop)."""
 
     async def bounded() -> Any:
         return await asyncio.wait_for(coro, timeout)
 
+    if (loop or os.environ.get("SERVER_TEST_LOOP")) == "uvloop":
+        import uvloop
+
+        return uvloop.run(bounded())
     return asyncio.run(bounded())
 
 

@@ -45,7 +45,8 @@ async def _closed_within(ws: Any, timeout: float) -> float:
         return time.monotonic() - t0
 
 
-def test_full_call() -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_full_call(loop: str) -> None:
     async def body() -> None:
         async with FakeAgent(apply_delay=0.15) as agent, running_server(agent=agent) as server:
             ws = await caller(server)
@@ -114,7 +115,7 @@ def test_full_call() -> None:
             assert m.barge_ins == 1
             assert m.added_latency.count > 0  # pre-roll held until SettingsApplied counts too
 
-    run(body())
+    run(body(), loop=loop)
 
 
 def test_added_latency_p99_is_small() -> None:
@@ -247,7 +248,8 @@ def test_caller_vanishing_closes_agent() -> None:
     run(body())
 
 
-def test_bad_input_leaves_concurrent_call_untouched() -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_bad_input_leaves_concurrent_call_untouched(loop: str) -> None:
     """Junk on one call (non-JSON, binary, broken media, a 10 MB frame) ends or is ignored
     there, while a concurrent call keeps bridging audio both ways."""
 
@@ -316,7 +318,7 @@ def test_bad_input_leaves_concurrent_call_untouched() -> None:
             assert agent.open_connections == 0
             assert server.metrics.calls_ended.get("protocol_error") == 3
 
-    run(body(), timeout=40)
+    run(body(), timeout=40, loop=loop)
 
 
 def _masked_text_frame(text: str) -> bytes:
@@ -333,10 +335,10 @@ def test_bytes_behind_the_upgrade_request_are_not_lost() -> None:
         async with FakeAgent() as agent, running_server(agent=agent) as server:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             request = (
-                "GET /media-stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
+                b"GET /media-stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
             # the upgrade request and two frames in one TCP write
             writer.write(request + _masked_text_frame(connected()) + _masked_text_frame(start()))
             await writer.drain()

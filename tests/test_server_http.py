@@ -45,7 +45,9 @@ def test_metrics_format() -> None:
             assert result.status == 200
             assert result.headers["content-type"].startswith("text/plain; version=0.0.4")
             text = result.text
-            sample = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? \S+$')
+            sample = re.compile(
+                r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? \S+$'
+            )
             for line in text.splitlines():
                 if line.startswith("#"):
                     assert re.match(r"^# (HELP|TYPE) twilio_bridge_\w+ .+$", line), line
@@ -90,7 +92,8 @@ def test_webhook_twiml_post_and_get() -> None:
             params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
             assert params == {"From": '+1555 <&"\'>', "To": "+1666", "CallSid": "CA123"}
 
-            result = await http(server.port, get("/incoming-call?From=%2B1777", host="g.example:8080"))
+            raw = get("/incoming-call?From=%2B1777", host="g.example:8080")
+            result = await http(server.port, raw)
             stream = _twiml(result.text).find("./Connect/Stream")
             assert stream is not None
             assert stream.get("url") == "wss://g.example:8080/media-stream"
