@@ -6,6 +6,16 @@ hands out the payload of a large frame piece by piece as bytes arrive, so an ove
 message is refused with 1009 after at most one read past the limit, and never held whole.
 Everything to send (pongs, close frames, messages) is collected and taken with
 :meth:`WsPeer.take_output`, so the driver writes once per batch.
+
+Fast path: Twilio sends one small, masked, unfragmented text frame per message, 50 times a
+second per call, and wsproto's pure-Python parser costs several times more than the rest of
+the call. So complete frames of that one shape (FIN, no RSV bits, text or binary, masked,
+length within the message limit) are decoded here; every other frame (ping, close,
+fragments, anything malformed or oversized) is handed whole to wsproto, which stays the
+authority for the protocol. wsproto is only ever given whole frames while the fast path is
+on, so it holds no partial state when the next fast frame comes; after a frame the fast path
+cannot take at a frame boundary (an oversized or malformed one), the rest of the stream goes
+to wsproto for good.
 """
 
 from __future__ import annotations
@@ -21,6 +31,11 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError
 
+try:
+    from websockets.speedups import apply_mask as _apply_mask_c
+except ImportError:  # pragma: no cover - websockets ships the C extension for common platforms
+    _apply_mask_c = None
+
 OPEN = ConnectionState.OPEN
 REMOTE_CLOSING = ConnectionState.REMOTE_CLOSING
 LOCAL_CLOSING = ConnectionState.LOCAL_CLOSING
@@ -29,6 +44,15 @@ CLOSED = ConnectionState.CLOSED
 _TEXT_HEADER_SHORT = [bytes((0x81, n)) for n in range(126)]
 _pack_medium = struct.Struct("!BBH").pack
 _pack_long = struct.Struct("!BBQ").pack
+
+
+def apply_mask(data: bytes, mask: bytes) -> bytes:
+    """XOR ``data`` with the 4-byte ``mask`` (RFC 6455 section 5.3)."""
+    if _apply_mask_c is not None:
+        return _apply_mask_c(data, mask)  # type: ignore[no-any-return]
+    size = len(data)  # pragma: no cover
+    key = int.from_bytes((mask * ((size >> 2) + 1))[:size], "little")  # pragma: no cover
+    return (int.from_bytes(data, "little") ^ key).to_bytes(size, "little")  # pragma: no cover
 
 
 def encode_text_frame(text: str) -> bytes:
@@ -46,7 +70,10 @@ class WsPeer:
     """The Twilio side of one call: framing only, no call logic."""
 
     __slots__ = (
+        "_fast",
+        "_fragmented",
         "_parts",
+        "_pending",
         "_size",
         "close_code",
         "close_reason",
@@ -58,7 +85,12 @@ class WsPeer:
     )
 
     def __init__(self, trailing_data: bytes = b"", max_message: int = 65536) -> None:
-        self.conn = Connection(ConnectionType.SERVER, trailing_data=trailing_data)
+        # Bytes that came behind the upgrade request go through feed() like any others
+        # (the fast path must see them first); the first feed() call processes them.
+        self.conn = Connection(ConnectionType.SERVER)
+        self._pending = bytes(trailing_data)
+        self._fast = True  # wsproto holds nothing; whole simple frames may be decoded here
+        self._fragmented = False  # a fragmented message is in progress inside wsproto
         self.max_message = max_message
         self.out: list[bytes] = []
         self.close_code: int | None = None  # the code the peer closed with (None: not yet)
@@ -88,13 +120,110 @@ class WsPeer:
     def feed(self, data: bytes) -> list[str | bytes]:
         """Take bytes from the network; return the complete messages they finish."""
         conn = self.conn
+        if conn.state is CLOSED or self.remote_closed:
+            return []
+        if self._fast:
+            return self._feed_fast(data)
         if data:
-            if conn.state is CLOSED or self.remote_closed:
-                return []
             try:
                 conn.receive_data(data)
             except LocalProtocolError:  # pragma: no cover - guarded by the state check
                 return []
+        return self._events()
+
+    def _feed_fast(self, data: bytes) -> list[str | bytes]:
+        pending = self._pending
+        if pending:
+            buf = pending + data
+            self._pending = b""
+        else:
+            buf = data
+        size = len(buf)
+        pos = 0
+        messages: list[str | bytes] = []
+        limit = self.max_message
+        conn = self.conn
+        while size - pos >= 2:
+            b0 = buf[pos]
+            b1 = buf[pos + 1]
+            length = b1 & 0x7F
+            if length < 126:
+                start = pos + 6
+            elif length == 126:
+                if size - pos < 4:
+                    break
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
+                start = pos + 8
+            else:
+                start = -1  # 8-byte length: over 64 KiB, never a Twilio message
+            simple = (
+                (b0 == 0x81 or b0 == 0x82)
+                and b1 & 0x80
+                and start > 0
+                and length <= limit
+                and not self._fragmented
+                and conn.state is OPEN
+                and self.error is None
+            )
+            if not simple:
+                end = self._frame_end(buf, pos, size)
+                if end is None:  # cannot delimit it (oversized or partial): wsproto from here
+                    self._fast = False
+                    messages.extend(self._to_wsproto(buf[pos:]))
+                    return messages
+                if end > size:
+                    break  # a whole small control/fragment frame is still arriving
+                messages.extend(self._to_wsproto(buf[pos:end]))
+                pos = end
+                if not self._fast or conn.state is CLOSED or self.remote_closed:
+                    return messages
+                continue
+            end = start + length
+            if end > size:
+                break
+            payload = apply_mask(buf[start:end], buf[start - 4 : start])
+            if b0 == 0x81:
+                try:
+                    messages.append(payload.decode("utf-8"))
+                except UnicodeDecodeError:
+                    self._fast = False  # let wsproto report it (1007)
+                    messages.extend(self._to_wsproto(buf[pos:]))
+                    return messages
+            else:
+                messages.append(payload)
+            pos = end
+        if pos < size:
+            self._pending = buf[pos:]
+        return messages
+
+    def _frame_end(self, buf: bytes, pos: int, size: int) -> int | None:
+        """End offset of the frame at ``pos`` if it is small enough to hand over whole
+        (it may lie beyond ``size``: not all received yet); None to leave the fast path."""
+        b0 = buf[pos]
+        b1 = buf[pos + 1]
+        length = b1 & 0x7F
+        header = 2 + (4 if b1 & 0x80 else 0)
+        if length == 126:  # the caller made sure the two length bytes are there
+            length = (buf[pos + 2] << 8) | buf[pos + 3]
+            header += 2
+        elif length == 127:
+            return None
+        opcode = b0 & 0x0F
+        if b0 & 0x70 or not b1 & 0x80 or opcode not in (0, 1, 2, 8, 9, 10):
+            return None  # malformed: wsproto fails the connection with the right code
+        if length > self.max_message:
+            return None  # oversized: refused with 1009 as it streams through wsproto
+        if opcode in (0, 1, 2):  # a fragment (or a data frame while one is in progress)
+            self._fragmented = not (b0 & 0x80)
+        return pos + header + length
+
+    def _to_wsproto(self, data: bytes) -> list[str | bytes]:
+        if not data:
+            return []
+        try:
+            self.conn.receive_data(data)
+        except LocalProtocolError:  # pragma: no cover - only called while not CLOSED
+            return []
         return self._events()
 
     def eof(self) -> list[str | bytes]:
