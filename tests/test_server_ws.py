@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionType
@@ -22,7 +24,8 @@ def _client_stream() -> tuple[bytes, list[str | bytes]]:
     out = b""
     expected: list[str | bytes] = []
     for i in range(5):
-        text = '{"event":"media","n":%d,"payload":"%s"}' % (i, "A" * (100 + 60 * i))
+        payload = "A" * (100 + 60 * i)
+        text = f'{{"event":"media","n":{i},"payload":"{payload}"}}'
         out += client.send(TextMessage(data=text))
         expected.append(text)
     out += client.send(Ping(payload=b"p1"))
@@ -73,7 +76,7 @@ def test_one_byte_at_a_time() -> None:
 @given(st.lists(st.integers(min_value=1, max_value=len(STREAM) - 1), max_size=20))
 def test_random_splits(cuts: list[int]) -> None:
     points = [0, *sorted(set(cuts)), len(STREAM)]
-    _check([STREAM[a:b] for a, b in zip(points, points[1:], strict=False)])
+    _check([STREAM[a:b] for a, b in itertools.pairwise(points)])
 
 
 def test_trailing_data_is_processed_first() -> None:
