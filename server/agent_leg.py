@@ -1,10 +1,23 @@
 """The agent leg of one call: a ``websockets`` client to the Deepgram Voice Agent API.
 
 It reports ``connected`` / each message / ``closed`` to its :class:`~server.call.CallDriver`,
-which feeds the core. Outgoing messages are queued synchronously by the driver's pump and
-written by one writer task that drains the whole queue per wake-up. The bytes queued here plus
-those in the transport's buffer are exposed as :attr:`AgentLeg.buffered` so the driver can end
-a call whose agent stopped reading instead of growing memory.
+which feeds the core. The bytes queued here plus those in the transport's buffer are exposed as
+:attr:`AgentLeg.buffered` so the driver can end a call whose agent stopped reading instead of
+growing memory.
+
+Hot path, both ways, without a task switch per message:
+
+* Sending: while the connection is open and its transport buffer is under the write limit,
+  :meth:`AgentLeg.send` frames the message at once with the connection's Sans-I/O protocol
+  object (``ws.protocol.send_binary``), and :meth:`AgentLeg.flush`, called once at the end of
+  the driver's pump, writes everything framed in that pump with one ``transport.write``.
+  Otherwise messages are queued, and one writer task drains the whole queue per wake-up
+  with ``await ws.send()`` (which waits for the transport to drain).
+* Receiving: a ``ClientConnection`` subclass hands each complete text or binary message to
+  the driver from ``data_received`` (``process_event``) instead of queueing it for a reader
+  task. A fragmented message (never seen from Deepgram) switches the connection back to the
+  stock path for good, so order is kept. A reader task still runs ``async for`` to see the
+  close and any fragmented messages.
 """
 
 from __future__ import annotations
@@ -12,11 +25,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 from server import __version__
 from server.settings import is_loopback
@@ -27,13 +43,47 @@ if TYPE_CHECKING:
 log = logging.getLogger("server.agent")
 
 USER_AGENT = f"twilio-agent-bridge/{__version__}"
+WRITE_LIMIT = 65536
+_TEXT = Opcode.TEXT
+_BINARY = Opcode.BINARY
+_OPEN = State.OPEN
+
+
+class _AgentConnection(ClientConnection):
+    """Delivers whole data messages synchronously to ``sink`` (see the module docstring)."""
+
+    sink: Callable[[str | bytes], None] | None = None
+
+    def process_event(self, event: Any) -> None:
+        sink = self.sink
+        if sink is not None and type(event) is Frame and self.response is not None:
+            opcode = event.opcode
+            if opcode is _BINARY or opcode is _TEXT:
+                if not event.fin:  # fragmented: the stock assembler keeps the order from now
+                    self.sink = None
+                else:
+                    data: bytes = event.data  # type: ignore[assignment]  # bytes when received
+                    if opcode is _BINARY:
+                        sink(data)
+                        return
+                    try:
+                        text = data.decode("utf-8")
+                    except UnicodeDecodeError:
+                        self.sink = None  # the stock path reports it and closes with 1007
+                    else:
+                        sink(text)
+                        return
+        super().process_event(event)
 
 
 class AgentLeg:
     __slots__ = (
         "_close_request",
         "_closer",
+        "_connected",
+        "_dirty",
         "_driver",
+        "_early",
         "_loop",
         "_options",
         "_url",
@@ -69,8 +119,9 @@ class AgentLeg:
             "ping_interval": 20,  # notices a dead TCP path; the core sends KeepAlive too
             "ping_timeout": 20,
             "max_queue": 64,
-            "write_limit": 65536,
+            "write_limit": WRITE_LIMIT,
             "proxy": None if is_loopback(host) else True,
+            "create_connection": self._make_connection,
         }
         self.ws: ClientConnection | None = None
         self.queue: deque[str | bytes] = deque()
@@ -79,17 +130,72 @@ class AgentLeg:
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._close_request: tuple[int, str] | None = None
+        self._connected = False  # the driver was told; messages go straight to it
+        self._early: list[str | bytes] = []  # messages that came with the handshake
+        self._dirty = False  # frames were made by send() and await flush()
         self.task = self._loop.create_task(self._run())
+
+    def _make_connection(self, *args: Any, **kwargs: Any) -> ClientConnection:
+        connection = _AgentConnection(*args, **kwargs)
+        connection.sink = self._deliver
+        return connection
+
+    def _deliver(self, message: str | bytes) -> None:
+        if not self._connected:
+            self._early.append(message)
+            return
+        try:
+            self._driver.agent_message(message)
+        except Exception:  # never let a driver bug break the websockets protocol
+            log.exception("error while handling an agent message; dropping the agent leg")
+            self.abort()
 
     # ------------------------------------------------------------------ driver side
 
     def send(self, message: str | bytes) -> None:
-        """Queue one message (str: text frame, bytes: binary frame)."""
+        """Send one message (str: text frame, bytes: binary frame); see :meth:`flush`."""
+        ws = self.ws
+        if (
+            ws is not None
+            and not self.queue
+            and ws.protocol.state is _OPEN
+            and ws.transport.get_write_buffer_size() <= WRITE_LIMIT
+        ):
+            if type(message) is bytes:
+                ws.protocol.send_binary(message)
+            else:
+                ws.protocol.send_text(message.encode("utf-8"))  # type: ignore[union-attr]
+            self._dirty = True
+            return
         self.queue.append(message)
         self.queued += len(message)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def flush(self) -> None:
+        """Write what :meth:`send` framed since the last flush, with one write."""
+        if not self._dirty:
+            return
+        self._dirty = False
+        ws = self.ws
+        if ws is None:  # pragma: no cover
+            return
+        chunks = ws.protocol.data_to_send()
+        if not chunks:
+            return
+        if all(chunks):
+            if not ws.transport.is_closing():
+                ws.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            return
+        # An end-of-stream marker among them (the protocol failed): let websockets act on it.
+        for chunk in chunks:  # pragma: no cover - only when the protocol fails mid-send
+            if chunk:
+                ws.transport.write(chunk)
+            elif ws.transport.can_write_eof():
+                ws.transport.write_eof()
+            else:
+                ws.transport.close()
 
     @property
     def buffered(self) -> int:
@@ -140,7 +246,11 @@ class AgentLeg:
                 await ws.close(*self._close_request)
                 code = ws.close_code
                 return
+            self._connected = True
             driver.agent_connected()
+            early, self._early = self._early, []
+            for message in early:
+                self._deliver(message)
             self._writer = self._loop.create_task(self._write(ws))
             try:
                 async for message in ws:

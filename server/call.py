@@ -210,6 +210,9 @@ class CallDriver:
             out = ws.take_output()  # pongs or a close reply produced without any action
             if out and not transport.is_closing():
                 transport.write(out)
+            agent = self.agent
+            if agent is not None:
+                agent.flush()
             if (ws.remote_closed or ws.done) and not transport.is_closing():
                 transport.close()  # the close handshake is over (or broken): end the TCP
             self._arm_timer()

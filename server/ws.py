@@ -21,6 +21,7 @@ to wsproto for good.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import (
@@ -31,6 +32,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError
 
+_apply_mask_c: Callable[[bytes, bytes], bytes] | None
 try:
     from websockets.speedups import apply_mask as _apply_mask_c
 except ImportError:  # pragma: no cover - websockets ships the C extension for common platforms
@@ -49,7 +51,7 @@ _pack_long = struct.Struct("!BBQ").pack
 def apply_mask(data: bytes, mask: bytes) -> bytes:
     """XOR ``data`` with the 4-byte ``mask`` (RFC 6455 section 5.3)."""
     if _apply_mask_c is not None:
-        return _apply_mask_c(data, mask)  # type: ignore[no-any-return]
+        return _apply_mask_c(data, mask)
     size = len(data)  # pragma: no cover
     key = int.from_bytes((mask * ((size >> 2) + 1))[:size], "little")  # pragma: no cover
     return (int.from_bytes(data, "little") ^ key).to_bytes(size, "little")  # pragma: no cover
