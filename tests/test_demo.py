@@ -1,0 +1,45 @@
+"""`python -m server demo` end to end, as a user runs it: an empty folder, no key, no network."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_packaged_default_config_is_the_repository_config() -> None:
+    packaged = json.loads((ROOT / "server" / "default_config.json").read_text())
+    assert packaged == json.loads((ROOT / "config.json").read_text())
+
+
+def test_demo_runs_a_whole_call_and_writes_what_the_caller_heard(tmp_path: Path) -> None:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DEEPGRAM_API_KEY", "TWILIO_AUTH_TOKEN")
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "demo", "--speed", "4"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    # The demo exits 0 only if the bridge hung up and Twilio would have objected to nothing.
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "barge-in" in out and "playback was cleared" in out
+    assert (
+        "end_call" in out
+        and "closed by the bridge, code 1000: tool: end_call: goodbye played" in out
+    )
+    with wave.open(str(tmp_path / "demo-call.wav")) as wav:
+        assert wav.getsampwidth() == 2 and wav.getframerate() == 8000 and wav.getnchannels() == 1
+        frames = wav.readframes(wav.getnframes())
+        assert wav.getnframes() / 8000 > 2.0
+    samples = memoryview(frames).cast("h")
+    assert max(abs(s) for s in samples) > 1000  # the agent's speech, not silence
