@@ -476,3 +476,52 @@ def test_shutdown_ends_calls_with_reason() -> None:
             assert server.metrics.calls_ended == {"shutdown": 1}
 
     run(body())
+
+
+def test_caller_not_reading_ends_its_call() -> None:
+    async def body() -> None:
+        async with FakeAgent() as agent, running_server(
+            "--max-write-buffer", "65536", agent=agent
+        ) as server:
+            ws = await caller(server, max_queue=1)  # then never read: TCP backs up
+            await ws.send(start())
+            session = await agent.session()
+            await until(lambda: session.applied_at is not None)
+            chunk = b"\x33" * 32000
+            for _ in range(600):  # ~26 MB of media JSON: more than loopback buffers hold
+                if server.metrics.calls_ended:
+                    break
+                await session.send(chunk)
+                await asyncio.sleep(0)
+            await until(lambda: bool(server.metrics.calls_ended), timeout=10)
+            assert server.metrics.calls_ended == {"timeout": 1}
+            await asyncio.wait_for(session.closed.wait(), 5)
+            await until(lambda: not server.calls, timeout=5)
+
+    run(body(), timeout=40)
+
+
+def test_agent_not_reading_ends_its_call() -> None:
+    async def body() -> None:
+        async with FakeAgent() as agent, running_server(
+            "--max-write-buffer", "65536", "--chunk-ms", "1000", agent=agent
+        ) as server:
+            ws = await caller(server)
+            await ws.send(start())
+            session = await agent.session()
+            await until(lambda: session.applied_at is not None)
+            session.ws.transport.pause_reading()  # the agent stops reading
+            seq = 2
+            for _ in range(3000):  # up to 24 MB of audio
+                if server.metrics.calls_ended:
+                    break
+                await ws.send(media(b"\x44" * 8000, seq))
+                seq += 1
+                await asyncio.sleep(0)
+            await until(lambda: bool(server.metrics.calls_ended), timeout=10)
+            assert server.metrics.calls_ended == {"agent_error": 1}
+            await _closed_within(ws, 5)
+            session.ws.transport.resume_reading()
+            await until(lambda: not server.calls, timeout=5)
+
+    run(body(), timeout=40)

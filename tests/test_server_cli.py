@@ -160,11 +160,12 @@ def test_serves_and_exits_0_on_sigterm(tmp_path: Path) -> None:
                 await until(lambda: len(session.audio) == 160)
                 assert session.headers["Authorization"] == "Token test-secret-key"
                 proc.send_signal(signal.SIGTERM)
-                code = await asyncio.wait_for(proc.wait(), 10)
-                assert code == 0
-                assert ws.close_code == 1000 or await _closed(ws)
+                _, err = await asyncio.wait_for(proc.communicate(), 10)
+                assert proc.returncode == 0
+                assert await _closed(ws) and ws.close_code == 1000
+                await ws.close()
                 await asyncio.wait_for(session.closed.wait(), 2)
-                stderr = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+                stderr = err.decode()
                 assert "TWILIO_AUTH_TOKEN is not set" in stderr
                 assert stderr.count("TWILIO_AUTH_TOKEN is not set") == 1
                 assert "reason=shutdown" in stderr
