@@ -240,8 +240,12 @@ class CallDriver:
         now = max(timer_at, self.loop.time())  # asyncio may fire a little early
         self._timer = None
         self._timer_at = None
-        self.core.handle_timeout(now)
-        self._pump()
+        try:
+            self.core.handle_timeout(now)
+            self._pump()
+        except Exception:  # a driver bug must cost one call, never the server
+            log.exception("error in call %s; dropping it", self.call_sid or self.peer)
+            self.abort()
 
     def _finish(self) -> None:
         self.finished = True

@@ -122,7 +122,11 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         call = self.call
         if call is not None:
-            call.twilio_data(data)
+            try:
+                call.twilio_data(data)
+            except Exception:  # a driver bug must cost one call, never the server
+                log.exception("error in call %s; dropping it", call.call_sid or self.peer)
+                call.abort()
             return
         if self._closing:
             return
@@ -238,6 +242,9 @@ class HttpProtocol(asyncio.Protocol):
     def _route(self, request: h11.Request) -> None:
         target = request.target.decode("latin-1")
         path, _, query = target.partition("?")
+        public = self.server.options.public_url
+        if public is not None and public.prefix and path.startswith(public.prefix + "/"):
+            path = path[len(public.prefix) :]  # a proxy that keeps the public prefix
         methods = _ROUTES_METHODS.get(path)
         if methods is None:
             self._respond(404, b"not found\n")
@@ -297,7 +304,10 @@ class HttpProtocol(asyncio.Protocol):
 
         if options.auth_token:
             if public is not None:
-                url = public.request_url(target)
+                if public.prefix and target.startswith(public.prefix + "/"):
+                    url = f"{public.scheme}://{public.netloc}{target}"
+                else:
+                    url = public.request_url(target)
             else:
                 url = f"{self._forwarded_scheme(request)}://{host}{target}"
             sig = _header(request.headers, b"x-twilio-signature")

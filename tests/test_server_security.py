@@ -175,3 +175,19 @@ def test_redaction_filter() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "key is %s", (API_KEY,), None)
     RedactSecrets([API_KEY]).filter(record)
     assert record.getMessage() == "key is [REDACTED]"
+
+
+def test_public_url_with_prefix_kept_or_stripped_by_the_proxy() -> None:
+    async def body() -> None:
+        env = {"TWILIO_AUTH_TOKEN": TOKEN, "PUBLIC_URL": "https://pub.example.com/voice"}
+        async with running_server(env=env) as server:
+            signed = "https://pub.example.com/voice/incoming-call"
+            sig = ORACLE.compute_signature(signed, FORM)
+            form = urlencode(FORM)
+            for path in ("/incoming-call", "/voice/incoming-call"):
+                raw = post_form(path, form, extra=f"X-Twilio-Signature: {sig}\r\n")
+                result = await http(server.port, raw)
+                assert result.status == 200, path
+                assert 'url="wss://pub.example.com/voice/media-stream"' in result.text
+
+    run(body())
