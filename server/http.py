@@ -469,5 +469,10 @@ class HttpProtocol(asyncio.Protocol):
     def _close(self) -> None:
         self._closing = True
         self._cancel_request_timer()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+            if transport.get_write_buffer_size():  # a client that does not read: don't linger
+                self._timer = self.loop.call_later(
+                    self.server.options.request_timeout, transport.abort
+                )
