@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sansio import (
     Action,
+    AgentNotice,
     AgentReady,
     AgentState,
     AgentWarning,
@@ -98,6 +99,7 @@ class CallDriver:
             BargeIn: self._on_barge_in,
             AgentWarning: self._on_agent_warning,
             PeerIgnored: self._on_peer_ignored,
+            AgentNotice: self._on_agent_notice,
             AgentReady: self._on_debug_notice,
             ReplyPlayback: self._on_debug_notice,
             Dtmf: self._on_debug_notice,
@@ -390,6 +392,18 @@ class CallDriver:
 
     def _on_peer_ignored(self, notice: PeerIgnored) -> None:
         log.info("ignored from %s callSid=%s: %s", notice.peer, self.call_sid or "-", notice.detail)
+
+    def _on_agent_notice(self, notice: AgentNotice) -> None:
+        if notice.type == "FunctionCallRequest":  # end_call, or a function the agent runs itself
+            side = "client" if notice.message.get("client_side") is True else "agent"
+            log.info(
+                "function call callSid=%s name=%s (%s side)",
+                self.call_sid or "-",
+                notice.message.get("name"),
+                side,
+            )
+        elif self._debug:
+            log.debug("callSid=%s %r", self.call_sid, notice)
 
     def _on_debug_notice(self, notice: Notice) -> None:
         if self._debug:
