@@ -139,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds for the agent to apply the Settings (default 10)")
     add("--close-timeout", type=_seconds, default=2.0,
         help="seconds for a close handshake before the connection is dropped (default 2)")
+    add("--welcome-timeout", type=_seconds, default=2.0,
+        help="seconds to wait for the agent's Welcome before sending Settings anyway (default 2)")
+    add("--hangup-grace", type=_seconds, default=3.0,
+        help="after end_call, seconds for the goodbye to start before hanging up (default 3)")
+    add("--hangup-timeout", type=_seconds, default=30.0,
+        help="after end_call, seconds at most to wait for the goodbye to play (default 30)")
+    add("--dtmf-template", default="The caller pressed the {digit} key on the phone keypad.",
+        help="what a keypress tells the agent (InjectUserMessage); must contain {digit}")
     add("--shutdown-grace", type=_non_negative_seconds, default=10.0,
         help="on SIGTERM, seconds to let calls finish before ending them (default 10)")
     add("--tools", action="append", default=[], metavar="MODULE[:ATTR]",

@@ -154,6 +154,10 @@ _FLAG_OF_FIELD = {
     "twilio_idle_timeout": "--idle-timeout",
     "close_timeout": "--close-timeout",
     "mark_interval_ms": "--mark-interval-ms",
+    "welcome_timeout": "--welcome-timeout",
+    "hangup_grace": "--hangup-grace",
+    "hangup_timeout": "--hangup-timeout",
+    "dtmf_template": "--dtmf-template",
 }
 
 
@@ -207,6 +211,10 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
             twilio_idle_timeout=args.idle_timeout,
             close_timeout=args.close_timeout,
             mark_interval_ms=args.mark_interval_ms,
+            welcome_timeout=args.welcome_timeout,
+            hangup_grace=args.hangup_grace,
+            hangup_timeout=args.hangup_timeout,
+            dtmf_template=args.dtmf_template,
             json_loads=_json_loads(),
         )
     except ConfigError as exc:

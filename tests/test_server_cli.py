@@ -103,7 +103,8 @@ def test_unreadable_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args",
     [["--port", "70000"], ["--chunk-ms", "0"], ["--request-timeout", "-1"],
-     ["--agent-url", "http://x"], ["--public-url", "nope"], ["--tools", "no_such_module_x"]],
+     ["--agent-url", "http://x"], ["--public-url", "nope"], ["--tools", "no_such_module_x"],
+     ["--dtmf-template", "no placeholder"], ["--hangup-grace", "0"]],
 )
 def test_invalid_values_one_line(tmp_path: Path, args: list[str]) -> None:
     result = _run_cli(["--config", str(CONFIG), *args], _env(DEEPGRAM_API_KEY="k"), tmp_path)
