@@ -310,22 +310,10 @@ class HttpProtocol(asyncio.Protocol):
                     url = public.request_url(target)
             else:
                 url = f"{self._forwarded_scheme(request)}://{host}{target}"
-            sig = _header(request.headers, b"x-twilio-signature")
-            if not signature.validate(
-                options.auth_token, signature.url_variants(url), params, sig
-            ):
-                server.metrics.call_rejected("bad_signature")
-                log.warning(
-                    "webhook refused: %s X-Twilio-Signature (peer %s)",
-                    "missing" if not sig else "invalid",
-                    self.peer,
-                )
-                self._respond(403, b"invalid signature\n")
+            if not self._signed(request.headers, signature.url_variants(url), params, "webhook"):
                 return
 
-        if server.draining or server.at_capacity():
-            server.metrics.call_rejected("busy" if not server.draining else "draining")
-            log.warning("webhook answered busy (%d calls in progress)", len(server.calls))
+        if self._refused_for_capacity("webhook answered busy"):
             self._respond(200, twiml_busy().encode(), "text/xml; charset=utf-8")
             return
 
@@ -382,22 +370,11 @@ class HttpProtocol(asyncio.Protocol):
                 url = f"wss://{host}{MEDIA_STREAM_PATH}"
             else:
                 url = ""
-            sig = _header(headers, b"x-twilio-signature")
-            if not url or not signature.validate(
-                options.auth_token, signature.url_variants(url, trailing_slash=True), [], sig
-            ):
-                server.metrics.call_rejected("bad_signature")
-                log.warning(
-                    "media stream refused: %s X-Twilio-Signature (peer %s)",
-                    "missing" if not sig else "invalid",
-                    self.peer,
-                )
-                self._respond(403, b"invalid signature\n")
+            variants = signature.url_variants(url, trailing_slash=True) if url else []
+            if not self._signed(headers, variants, [], "media stream"):
                 return
 
-        if server.draining or server.at_capacity():
-            server.metrics.call_rejected("busy" if not server.draining else "draining")
-            log.warning("media stream refused: %d calls in progress", len(server.calls))
+        if self._refused_for_capacity("media stream refused"):
             self._respond(503, b"busy\n", headers=[(b"retry-after", b"5")])
             return
 
@@ -424,6 +401,37 @@ class HttpProtocol(asyncio.Protocol):
         call.start()
 
     # ------------------------------------------------------------------ responses
+
+    def _signed(
+        self,
+        headers: Sequence[tuple[bytes, bytes]],
+        urls: Sequence[str],
+        params: Sequence[tuple[str, str]],
+        what: str,
+    ) -> bool:
+        """Check X-Twilio-Signature against each URL Twilio may have signed; 403 if none."""
+        sig = _header(headers, b"x-twilio-signature")
+        token = self.server.options.auth_token
+        if token and urls and signature.validate(token, urls, params, sig):
+            return True
+        self.server.metrics.call_rejected("bad_signature")
+        log.warning(
+            "%s refused: %s X-Twilio-Signature (peer %s)",
+            what,
+            "missing" if not sig else "invalid",
+            self.peer,
+        )
+        self._respond(403, b"invalid signature\n")
+        return False
+
+    def _refused_for_capacity(self, what: str) -> bool:
+        """Count and log a request turned away by --max-calls or a shutdown in progress."""
+        server = self.server
+        if not (server.draining or server.at_capacity()):
+            return False
+        server.metrics.call_rejected("draining" if server.draining else "busy")
+        log.warning("%s (%d calls in progress)", what, len(server.calls))
+        return True
 
     def _respond(
         self,
