@@ -1,0 +1,504 @@
+"""The fault matrix: one faulty call next to an innocent one, for every fault we promise on.
+
+For each case: the server stays up (``/healthz``), the innocent call keeps every byte both
+ways, both legs of the affected call are closed (the agent leg within 2 s of the caller's),
+one log line gives the reason, and ``/metrics`` counts it.
+
+The agent is reached through :class:`AgentProxy`, so faults of the *connection* to the agent
+(refused, silent, HTTP 401) hit new calls while the innocent call, already connected, goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from server.app import Server
+
+from .server_support import (
+    AgentSession,
+    FakeAgent,
+    caller,
+    frame,
+    http,
+    media,
+    run,
+    running_server,
+    start,
+    stop,
+    until,
+)
+
+FAST = (
+    "--agent-connect-timeout", "1", "--settings-timeout", "1", "--welcome-timeout", "0.5",
+    "--request-timeout", "1", "--close-timeout", "1", "--idle-timeout", "3",
+    "--max-write-buffer", "65536",
+)  # fmt: skip
+
+
+class AgentProxy:
+    """A TCP front for the fake agent whose *new* connections can be made to fail."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.mode = "forward"  # or "refuse", "silent", "401", "binary-first"
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/agent/converse"
+
+    async def __aenter__(self) -> AgentProxy:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close_listener()
+        for writer in self.writers:
+            writer.transport.abort()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def close_listener(self) -> None:
+        """New connections are refused; the ones already forwarded go on."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        if self.mode == "silent":
+            await reader.read()  # accept, then never answer
+            return
+        if self.mode == "401":
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            await writer.drain()
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers.add(up_writer)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        upstream = asyncio.create_task(pipe(reader, up_writer))
+        self.tasks.add(upstream)
+        upstream.add_done_callback(self.tasks.discard)
+        if self.mode == "binary-first":  # audio ahead of Welcome and SettingsApplied
+            writer.write(await up_reader.readuntil(b"\r\n\r\n") + b"\x82\x02ab")
+        downstream = asyncio.create_task(pipe(up_reader, writer))
+        self.tasks.add(downstream)
+        downstream.add_done_callback(self.tasks.discard)
+
+
+class Innocent:
+    """A concurrent call that must lose nothing, whatever happens next door."""
+
+    def __init__(self, server: Server, agent: FakeAgent) -> None:
+        self.server = server
+        self.agent = agent
+        self.sent = bytearray()
+        self.heard = bytearray()
+        self.spoken = bytearray()
+        self.seq = 2
+
+    async def open(self) -> None:
+        self.ws = await caller(self.server)
+        await self.ws.send(start(stream_sid="MZinnocent"))
+        await until(lambda: bool(self.agent.sessions), what="the innocent agent leg")
+        self.session: AgentSession = self.agent.sessions[0]
+        await until(lambda: self.session.applied_at is not None, what="SettingsApplied")
+
+    async def exchange(self, rounds: int = 5) -> None:
+        for _ in range(rounds):
+            audio = frame(self.seq)
+            await self.ws.send(media(audio, self.seq, stream_sid="MZinnocent"))
+            self.sent += audio
+            self.seq += 1
+            spoken = bytes([self.seq % 256]) * 160
+            await self.session.send(spoken)
+            self.spoken += spoken
+        while len(self.heard) < len(self.spoken):
+            message = json.loads(await asyncio.wait_for(self.ws.recv(), 2))
+            if message["event"] == "media":
+                import base64
+
+                self.heard += base64.b64decode(message["media"]["payload"])
+
+    async def check(self) -> None:
+        await self.exchange()
+        await until(lambda: len(self.session.audio) >= len(self.sent), what="innocent audio")
+        assert bytes(self.session.audio) == bytes(self.sent), "the innocent call lost caller audio"
+        assert bytes(self.heard) == bytes(self.spoken), "the innocent call lost agent audio"
+        assert not self.session.closed.is_set()
+
+
+async def metric(server: Server, name: str) -> float:
+    result = await http(
+        server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    match = re.search(rf"^twilio_bridge_{re.escape(name)} (\S+)$", result.text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def healthy(server: Server) -> None:
+    result = await http(
+        server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert result.status == 200
+
+
+async def closed_within(ws: Any, timeout: float) -> float:
+    t0 = time.monotonic()
+    with contextlib.suppress(ConnectionClosed):
+        while time.monotonic() - t0 < timeout:
+            await asyncio.wait_for(ws.recv(), max(0.01, timeout - (time.monotonic() - t0)))
+    assert ws.close_code is not None or ws.state.name == "CLOSED", "the caller leg stayed open"
+    return time.monotonic() - t0
+
+
+# ---------------------------------------------------------------- the cases
+
+Case = Callable[[Server, FakeAgent, AgentProxy], Awaitable[None]]
+
+
+async def _bad_call(server: Server, sid: str) -> Any:
+    ws = await caller(server)
+    await ws.send(start(stream_sid=sid))
+    return ws
+
+
+async def _agent_session_of_new_call(agent: FakeAgent, count_before: int) -> AgentSession:
+    await until(lambda: len(agent.sessions) > count_before, what="the bad call's agent leg")
+    session = agent.sessions[count_before]
+    await until(lambda: session.applied_at is not None, what="SettingsApplied on the bad call")
+    return session
+
+
+def agent_case(action: Callable[[AgentSession], Awaitable[None]]) -> Case:
+    """The bad call's agent misbehaves mid-call: the caller's leg must close within 1.5 s."""
+
+    async def case(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+        before = len(agent.sessions)
+        ws = await _bad_call(server, "MZbad")
+        session = await _agent_session_of_new_call(agent, before)
+        await action(session)
+        assert await closed_within(ws, 3) < 1.5
+
+    return case
+
+
+def connect_case(mode: str) -> Case:
+    """The agent cannot be reached for the bad call: the caller's leg is closed cleanly."""
+
+    async def case(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+        if mode == "refuse":
+            proxy.close_listener()
+        else:
+            proxy.mode = mode
+        ws = await _bad_call(server, "MZbad")
+        assert await closed_within(ws, 4) < 3
+
+    return case
+
+
+def twilio_case(*messages: str | bytes, expect_close: bool = True) -> Case:
+    """The bad caller sends junk after start; its agent leg must be gone within 2 s."""
+
+    async def case(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+        before = len(agent.sessions)
+        ws = await _bad_call(server, "MZbad")
+        session = await _agent_session_of_new_call(agent, before)
+        for message in messages:
+            await ws.send(message)
+        if expect_close:
+            await closed_within(ws, 3)
+        else:
+            await asyncio.sleep(0.3)
+            assert ws.state.name == "OPEN"
+            await ws.send(stop(stream_sid="MZbad"))
+        t0 = time.monotonic()
+        await asyncio.wait_for(session.closed.wait(), 2)
+        assert time.monotonic() - t0 < 2
+
+    return case
+
+
+async def _drop(server: Server, agent: FakeAgent, *, reset: bool) -> None:
+    before = len(agent.sessions)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    writer.write(
+        f"GET /media-stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    await reader.readuntil(b"\r\n\r\n")
+    payload = start(stream_sid="MZbad").encode()
+    writer.write(struct.pack("!BBH", 0x81, 0xFE, len(payload)) + b"\0\0\0\0" + payload)
+    session = await _agent_session_of_new_call(agent, before)
+    sock = writer.get_extra_info("socket")
+    if reset:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+    else:
+        writer.write_eof()  # half-open: we stop sending but keep reading
+    await asyncio.wait_for(session.closed.wait(), 2)
+    writer.close()
+
+
+async def _agent_binary_before_settings_applied(
+    server: Server, agent: FakeAgent, proxy: AgentProxy
+) -> None:
+    proxy.mode = "binary-first"
+    ws = await _bad_call(server, "MZbad")
+    assert await closed_within(ws, 3) < 1.5
+
+
+async def _agent_unknown_type(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    """Tolerated: the call goes on, and ends normally when the caller hangs up."""
+    before = len(agent.sessions)
+    ws = await _bad_call(server, "MZbad")
+    session = await _agent_session_of_new_call(agent, before)
+    await session.send({"type": "SomethingNewer", "detail": 1})
+    await ws.send(media(frame(9), 2, stream_sid="MZbad"))
+    await until(lambda: len(session.audio) == 160, what="audio after an unknown type")
+    await ws.send(stop(stream_sid="MZbad"))
+    await asyncio.wait_for(session.closed.wait(), 2)
+
+
+async def _tcp_reset(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    await _drop(server, agent, reset=True)
+
+
+async def _half_open(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    await _drop(server, agent, reset=False)
+
+
+async def _disconnect_without_stop(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    before = len(agent.sessions)
+    ws = await _bad_call(server, "MZbad")
+    session = await _agent_session_of_new_call(agent, before)
+    await ws.close()
+    await asyncio.wait_for(session.closed.wait(), 2)
+
+
+async def _stop_without_start(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    before = len(agent.sessions)
+    ws = await caller(server)
+    await ws.send(stop(stream_sid="MZbad"))
+    await closed_within(ws, 2)
+    assert len(agent.sessions) == before, "no agent leg for a call that never started"
+
+
+async def _media_before_start(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    before = len(agent.sessions)
+    ws = await caller(server)
+    await ws.send(media(frame(1), 2, stream_sid="MZbad"))
+    await ws.send(start(stream_sid="MZbad"))
+    session = await _agent_session_of_new_call(agent, before)
+    await ws.send(media(frame(2), 3, stream_sid="MZbad"))
+    await until(lambda: len(session.audio) >= 160, what="audio after start")
+    assert bytes(session.audio) == frame(2), "media before start is dropped, the rest is bridged"
+    await ws.send(stop(stream_sid="MZbad"))
+    await asyncio.wait_for(session.closed.wait(), 2)
+
+
+async def _fragmented_stop(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    """A valid message split over three frames is reassembled (Twilio never does it)."""
+    before = len(agent.sessions)
+    ws = await _bad_call(server, "MZbad")
+    session = await _agent_session_of_new_call(agent, before)
+    text = stop(stream_sid="MZbad")
+    await ws.send(iter([text[:5], text[5:20], text[20:]]))
+    await closed_within(ws, 2)
+    await asyncio.wait_for(session.closed.wait(), 2)
+
+
+async def _ping_flood(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    before = len(agent.sessions)
+    ws = await _bad_call(server, "MZbad")
+    session = await _agent_session_of_new_call(agent, before)
+    pongs = [await ws.ping(str(i).encode()) for i in range(300)]
+    await asyncio.wait_for(asyncio.gather(*pongs), 5)
+    await ws.send(stop(stream_sid="MZbad"))
+    await asyncio.wait_for(session.closed.wait(), 2)
+
+
+async def _upgrade_one_byte_at_a_time(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    before = len(agent.sessions)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    payload = start(stream_sid="MZbad").encode()
+    raw = (
+        b"GET /media-stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        + struct.pack("!BBH", 0x81, 0xFE, len(payload))
+        + b"\x01\x02\x03\x04"
+        + bytes(b ^ (1, 2, 3, 4)[i % 4] for i, b in enumerate(payload))
+    )
+    for i in range(len(raw)):
+        writer.write(raw[i : i + 1])
+        await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+    assert head.startswith(b"HTTP/1.1 101")
+    session = await _agent_session_of_new_call(agent, before)
+    writer.transport.abort()
+    await asyncio.wait_for(session.closed.wait(), 2)
+
+
+async def _slowloris(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    t0 = time.monotonic()
+    with contextlib.suppress(ConnectionError):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        for i in range(40):  # one header line every 0.1 s: never a whole request
+            writer.write(f"X-Slow-{i}: a\r\n".encode())
+            await writer.drain()
+            await asyncio.sleep(0.1)
+    data = b""
+    with contextlib.suppress(ConnectionError):  # a reset is as good a cut-off as a 408
+        data = await asyncio.wait_for(reader.read(), 3)
+    assert time.monotonic() - t0 < 3.5, "a slow request is cut off at --request-timeout"
+    assert data == b"" or data.startswith(b"HTTP/1.1 408")
+    writer.transport.abort()
+
+
+async def _stalled_requests(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    writers = []
+    for _ in range(200):
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"POST /incoming-call HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial"
+        )
+        writers.append(writer)
+    await until(lambda: len(server.connections) <= 2, timeout=4, what="stalled requests dropped")
+    for writer in writers:
+        writer.close()
+
+
+CASES: dict[str, tuple[Case, tuple[str, ...], str]] = {
+    # name: (case, end reasons one of which /metrics counts (none: no call ends), log text)
+    "agent connect refused": (connect_case("refuse"), ("agent_unreachable",), "connection refused"),
+    # The core's connect timer and the client's open_timeout are the same: either may win.
+    "agent connect times out": (
+        connect_case("silent"),
+        ("timeout", "agent_unreachable"),
+        "agent",
+    ),
+    "agent answers 401": (connect_case("401"), ("agent_unreachable",), "HTTP 401"),
+    "agent closes with 1000": (
+        agent_case(lambda s: s.ws.close(1000)),
+        ("agent_error",),
+        "code 1000",
+    ),
+    "agent closes with 1011": (
+        agent_case(lambda s: s.ws.close(1011)),
+        ("agent_error",),
+        "code 1011",
+    ),
+    "agent drops without close frame": (
+        agent_case(lambda s: asyncio.sleep(0, s.ws.transport.abort())),
+        ("agent_error",),
+        "without a close frame",
+    ),
+    "agent sends Error": (
+        agent_case(lambda s: s.send({"type": "Error", "description": "boom", "code": "X"})),
+        ("agent_error",),
+        "agent error X: boom",
+    ),
+    "agent sends invalid JSON": (
+        agent_case(lambda s: s.send("{nope")),
+        ("protocol_error",),
+        "not JSON",
+    ),
+    "agent sends binary before SettingsApplied": (
+        _agent_binary_before_settings_applied,
+        ("protocol_error",),
+        "audio before SettingsApplied",
+    ),
+    "agent sends an unknown type": (_agent_unknown_type, ("hangup",), "hung up (stop)"),
+    "twilio disconnects without stop": (
+        _disconnect_without_stop,
+        ("hangup",),
+        "Twilio closed the stream",
+    ),
+    "twilio TCP reset": (_tcp_reset, ("hangup",), "without a close frame"),
+    "twilio half-open TCP": (_half_open, ("hangup",), "Twilio closed the stream"),
+    "twilio stop without start": (_stop_without_start, ("hangup",), "hung up (stop)"),
+    "twilio media before start": (_media_before_start, ("hangup",), "media before start"),
+    "twilio invalid base64": (
+        twilio_case(
+            json.dumps({"event": "media", "media": {"payload": "%%%"}}), expect_close=False
+        ),
+        ("hangup",),
+        "not base64",
+    ),
+    "twilio non-JSON": (twilio_case("not json"), ("protocol_error",), "not JSON"),
+    "twilio binary frame": (twilio_case(b"\x00\x01"), ("protocol_error",), "binary"),
+    "twilio oversized frame": (twilio_case("x" * 200_000), ("protocol_error",), "1009"),
+    "twilio fragmented message": (_fragmented_stop, ("hangup",), "hung up (stop)"),
+    "twilio ping flood": (_ping_flood, ("hangup",), "hung up (stop)"),
+    "twilio upgrade one byte at a time": (
+        _upgrade_one_byte_at_a_time,
+        ("hangup",),
+        "Twilio closed",
+    ),
+    "slowloris headers": (_slowloris, (), ""),
+    "hundreds of stalled requests": (_stalled_requests, (), ""),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_fault_is_contained(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    case, reasons, log_text = CASES[name]
+    caplog.set_level(logging.INFO, logger="server")
+
+    async def ended(server: Server) -> float:
+        counts = [await metric(server, f'calls_ended_total{{reason="{r}"}}') for r in reasons]
+        return sum(counts)
+
+    async def body() -> None:
+        async with (
+            FakeAgent() as agent,
+            AgentProxy(agent.port) as proxy,
+            running_server("--agent-url", proxy.url, *FAST) as server,
+        ):
+            innocent = Innocent(server, agent)
+            await innocent.open()
+            await innocent.exchange()
+            counted = await ended(server)
+            await case(server, agent, proxy)
+            await healthy(server)
+            await innocent.check()
+            if reasons:
+                await until(lambda: len(server.calls) == 1, timeout=3, what="the bad call gone")
+                assert await ended(server) == counted + 1, f"/metrics did not count {reasons}"
+                lines = [r.getMessage() for r in caplog.records if "call ended" in r.getMessage()]
+                assert any(f"reason={r}" in line for line in lines for r in reasons), lines
+                assert any(log_text in r.getMessage() for r in caplog.records), log_text
+            await innocent.ws.send(stop(stream_sid="MZinnocent"))
+            await asyncio.wait_for(innocent.session.closed.wait(), 2)
+
+    run(body(), timeout=40)
