@@ -1,0 +1,127 @@
+"""Soak: many short calls, sequentially and 50 at a time, with random faults injected.
+
+Afterwards nothing may have grown: file descriptors, asyncio tasks, memory, agent
+connections; and every call that started is counted as ended in ``/metrics``.
+CI runs a short form; ``SOAK_FULL=1`` runs 1000 calls each way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import random
+import re
+import resource
+from pathlib import Path
+
+from websockets.exceptions import ConnectionClosed
+
+from server.app import Server
+
+from .server_support import (
+    FakeAgent,
+    caller,
+    frame,
+    http,
+    media,
+    run,
+    running_server,
+    start,
+    stop,
+    until,
+)
+
+FULL = os.environ.get("SOAK_FULL") == "1"
+CALLS = 1000 if FULL else 100
+FAULTS = ("hangup", "vanish", "reset", "agent_error", "agent_close", "junk")
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def rss_kib() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() // 1024
+
+
+async def one_call(server: Server, agent: FakeAgent, index: int, fault: str) -> bool:
+    """Run one short call with ``fault``; True if it got as far as sending ``start``."""
+    sid = f"MZsoak{index}"
+    ws = await caller(server)
+    try:
+        await ws.send(start(parameters={"From": sid}, stream_sid=sid))
+        await until(
+            lambda: any(s.texts and f"{sid}." in str(s.texts[0]) for s in agent.sessions), 5
+        )
+        session = next(s for s in agent.sessions if s.texts and f"{sid}." in str(s.texts[0]))
+        await until(lambda: session.applied_at is not None, 5)
+        for seq in range(2, 5):
+            await ws.send(media(frame(seq), seq, stream_sid=sid))
+        if fault == "hangup":
+            await ws.send(stop(stream_sid=sid))
+        elif fault == "vanish":
+            await ws.close()
+        elif fault == "reset":
+            ws.transport.abort()
+        elif fault == "agent_error":
+            await session.send({"type": "Error", "description": "soak", "code": "SOAK"})
+        elif fault == "agent_close":
+            await session.ws.close(1011)
+        else:
+            await ws.send("junk that is not JSON")
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            while True:
+                await asyncio.wait_for(ws.recv(), 3)
+        await asyncio.wait_for(session.closed.wait(), 2)
+    finally:
+        ws.transport.abort()
+    return True
+
+
+async def ended_total(server: Server) -> tuple[int, int]:
+    result = await http(
+        server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    started = re.search(r"^twilio_bridge_calls_started_total (\d+)", result.text, re.M)
+    ended = re.findall(r"^twilio_bridge_calls_ended_total\{[^}]*\} (\d+)", result.text, re.M)
+    return int(started.group(1)) if started else 0, sum(int(n) for n in ended)
+
+
+def test_soak_sequential_and_concurrent_with_random_faults() -> None:
+    rng = random.Random(1234)
+
+    async def soak() -> None:
+        async with FakeAgent() as agent, running_server(agent=agent) as server:
+            # Warm up (imports, caches, first allocations) before taking the baseline.
+            for i in range(5):
+                await one_call(server, agent, -1 - i, "hangup")
+            await until(lambda: not server.calls and agent.open_connections == 0, 5)
+            gc.collect()
+            fds, tasks, rss = open_fds(), len(asyncio.all_tasks()), rss_kib()
+            started_calls = 5
+
+            for i in range(CALLS):
+                started_calls += await one_call(server, agent, i, rng.choice(FAULTS))
+            for batch in range(CALLS // 50):
+                results = await asyncio.gather(
+                    *(
+                        one_call(server, agent, 100_000 + batch * 50 + k, rng.choice(FAULTS))
+                        for k in range(50)
+                    )
+                )
+                started_calls += sum(results)
+
+            await until(lambda: not server.calls, 10, "every call removed")
+            await until(lambda: agent.open_connections == 0, 5, "every agent leg closed")
+            gc.collect()
+            await asyncio.sleep(0.2)
+            assert open_fds() <= fds + 2, f"file descriptors grew: {fds} -> {open_fds()}"
+            assert len(asyncio.all_tasks()) <= tasks, "asyncio tasks grew"
+            grown = rss_kib() - rss
+            assert grown < 20 * 1024, f"RSS grew by {grown} KiB over {2 * CALLS} calls"
+            started, ended = await ended_total(server)
+            assert started == ended == started_calls, (started, ended, started_calls)
+
+    run(soak(), timeout=600 if FULL else 120)
