@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from server.app import Server
 
 from .server_support import (
+    AgentSession,
     FakeAgent,
     caller,
     frame,
@@ -46,16 +47,41 @@ def rss_kib() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() // 1024
 
 
-async def one_call(server: Server, agent: FakeAgent, index: int, fault: str) -> bool:
+class Sessions:
+    """Finds the agent leg of a call by the caller number its Settings prompt carries,
+    looking at each new session once (a scan of every session per poll would be quadratic)."""
+
+    def __init__(self, agent: FakeAgent) -> None:
+        self.agent = agent
+        self.by_sid: dict[str, AgentSession] = {}
+        self.unread: list[AgentSession] = []
+        self.seen = 0
+
+    def find(self, sid: str) -> AgentSession | None:
+        sessions = self.agent.sessions
+        self.unread += sessions[self.seen :]
+        self.seen = len(sessions)
+        waiting = []
+        for session in self.unread:
+            if not session.texts:
+                waiting.append(session)
+                continue
+            found = re.search(r"MZsoak-?\d+(?=\.)", session.texts[0]["agent"]["think"]["prompt"])
+            if found:
+                self.by_sid[found.group(0)] = session
+        self.unread = waiting
+        return self.by_sid.get(sid)
+
+
+async def one_call(server: Server, sessions: Sessions, index: int, fault: str) -> bool:
     """Run one short call with ``fault``; True if it got as far as sending ``start``."""
     sid = f"MZsoak{index}"
     ws = await caller(server)
     try:
         await ws.send(start(parameters={"From": sid}, stream_sid=sid))
-        await until(
-            lambda: any(s.texts and f"{sid}." in str(s.texts[0]) for s in agent.sessions), 5
-        )
-        session = next(s for s in agent.sessions if s.texts and f"{sid}." in str(s.texts[0]))
+        await until(lambda: sessions.find(sid) is not None, 5, f"the agent leg of {sid}")
+        session = sessions.find(sid)
+        assert session is not None
         await until(lambda: session.applied_at is not None, 5)
         for seq in range(2, 5):
             await ws.send(media(frame(seq), seq, stream_sid=sid))
@@ -94,20 +120,21 @@ def test_soak_sequential_and_concurrent_with_random_faults() -> None:
 
     async def soak() -> None:
         async with FakeAgent() as agent, running_server(agent=agent) as server:
+            sessions = Sessions(agent)
             # Warm up (imports, caches, first allocations) before taking the baseline.
             for i in range(5):
-                await one_call(server, agent, -1 - i, "hangup")
+                await one_call(server, sessions, -1 - i, "hangup")
             await until(lambda: not server.calls and agent.open_connections == 0, 5)
             gc.collect()
             fds, tasks, rss = open_fds(), len(asyncio.all_tasks()), rss_kib()
             started_calls = 5
 
             for i in range(CALLS):
-                started_calls += await one_call(server, agent, i, rng.choice(FAULTS))
+                started_calls += await one_call(server, sessions, i, rng.choice(FAULTS))
             for batch in range(CALLS // 50):
                 results = await asyncio.gather(
                     *(
-                        one_call(server, agent, 100_000 + batch * 50 + k, rng.choice(FAULTS))
+                        one_call(server, sessions, 100_000 + batch * 50 + k, rng.choice(FAULTS))
                         for k in range(50)
                     )
                 )
