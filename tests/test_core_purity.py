@@ -16,7 +16,9 @@ def test_importing_sansio_loads_no_io_module() -> None:
         "import sys; import sansio; "
         f"loaded = sorted(m for m in {FORBIDDEN!r} if m in sys.modules); print(loaded)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"
 
 
@@ -31,4 +33,6 @@ def test_sansio_sources_import_no_io_and_no_clock() -> None:
             else:
                 continue
             for name in names:
-                assert name not in (*FORBIDDEN, "time", "datetime", "os", "io"), f"{path.name} imports {name}"
+                assert name not in (*FORBIDDEN, "time", "datetime", "os", "io"), (
+                    f"{path.name} imports {name}"
+                )

@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("threaded_bridge", ROOT / "examples" / "threaded_bridge.py")
+    spec = importlib.util.spec_from_file_location(
+        "threaded_bridge", ROOT / "examples" / "threaded_bridge.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -58,7 +60,9 @@ def test_threaded_runtime_bridges_a_call_over_loopback() -> None:
     with serve(agent.handler, "127.0.0.1", 0) as agent_server:
         threading.Thread(target=agent_server.serve_forever, daemon=True).start()
         agent_url = f"ws://127.0.0.1:{agent_server.socket.getsockname()[1]}/v1/agent/converse"
-        bridge = example.make_server("127.0.0.1", 0, config(), agent_url, "sekret", on_notice=notices.append)
+        bridge = example.make_server(
+            "127.0.0.1", 0, config(), agent_url, "sekret", on_notice=notices.append
+        )
         threading.Thread(target=bridge.serve_forever, daemon=True).start()
         try:
             port = bridge.socket.getsockname()[1]
@@ -69,10 +73,16 @@ def test_threaded_runtime_bridges_a_call_over_loopback() -> None:
                 for frame in frames:
                     twilio.send(twilio_media(frame))
                 media = json.loads(twilio.recv(timeout=5))
-                assert media == {"event": "media", "streamSid": STREAM_SID, "media": {"payload": "ERER" * 266 + "ERE="}}
+                assert media == {
+                    "event": "media",
+                    "streamSid": STREAM_SID,
+                    "media": {"payload": "ERER" * 266 + "ERE="},
+                }
                 mark = json.loads(twilio.recv(timeout=5))
                 assert mark["event"] == "mark" and set(mark) == {"event", "streamSid", "mark"}
-                twilio.send(json.dumps({"event": "mark", "streamSid": STREAM_SID, "mark": mark["mark"]}))
+                twilio.send(
+                    json.dumps({"event": "mark", "streamSid": STREAM_SID, "mark": mark["mark"]})
+                )
                 twilio.send(twilio_stop())
                 try:
                     while True:
