@@ -237,13 +237,8 @@ class CallBridge:
         self._twilio_rx = now
         if self.ended is not None:
             return
-        try:
-            message = self._loads(text)
-        except (ValueError, TypeError, RecursionError):
-            self._fail(Peer.TWILIO, "Twilio sent a message that is not JSON", 1007, now)
-            return
-        if type(message) is not dict:
-            self._fail(Peer.TWILIO, "Twilio sent JSON that is not an object", 1007, now)
+        message = self._decode(text, Peer.TWILIO, "Twilio", now)
+        if message is None:
             return
         event = message.get("event")
         if event == "media":  # the hot path: 50 per second
@@ -291,13 +286,8 @@ class CallBridge:
         self._check_agent_open("agent_text")
         if self.ended is not None:
             return
-        try:
-            message = self._loads(text)
-        except (ValueError, TypeError, RecursionError):
-            self._fail(Peer.AGENT, "the agent sent a message that is not JSON", 1007, now)
-            return
-        if type(message) is not dict:
-            self._fail(Peer.AGENT, "the agent sent JSON that is not an object", 1007, now)
+        message = self._decode(text, Peer.AGENT, "the agent", now)
+        if message is None:
             return
         kind = message.get("type")
         handler = self._agent_handlers.get(kind) if type(kind) is str else None
@@ -720,6 +710,18 @@ class CallBridge:
     def _check_agent_open(self, method: str) -> None:
         if self.agent_state not in _AGENT_OPEN:
             raise LocalProtocolError(f"{method}() in agent state {self.agent_state.value}")
+
+    def _decode(self, text: str, peer: Peer, who: str, now: float) -> dict[str, Any] | None:
+        """A peer's message as a JSON object; anything else fails the call (close 1007)."""
+        try:
+            message = self._loads(text)
+        except (ValueError, TypeError, RecursionError):
+            self._fail(peer, f"{who} sent a message that is not JSON", 1007, now)
+            return None
+        if type(message) is not dict:
+            self._fail(peer, f"{who} sent JSON that is not an object", 1007, now)
+            return None
+        return message
 
     def _ignore(self, peer: Peer, detail: str) -> None:
         """Tolerate a peer's oddity: count it, and report each kind once per call."""
