@@ -289,6 +289,23 @@ async def _agent_unknown_type(server: Server, agent: FakeAgent, proxy: AgentProx
     await asyncio.wait_for(session.closed.wait(), 2)
 
 
+async def _agent_stops_reading(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    """The write-buffer cap ends the call instead of buffering without bound."""
+    before = len(agent.sessions)
+    ws = await _bad_call(server, "MZbad")
+    session = await _agent_session_of_new_call(agent, before)
+    session.ws.transport.pause_reading()
+    for seq in range(2, 3000):  # up to 24 MB of caller audio
+        if ws.state.name != "OPEN":
+            break
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(media(b"\x44" * 8000, seq, stream_sid="MZbad"))
+        await asyncio.sleep(0)
+    await closed_within(ws, 5)
+    session.ws.transport.resume_reading()
+    await asyncio.wait_for(session.closed.wait(), 3)
+
+
 async def _tcp_reset(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
     await _drop(server, agent, reset=True)
 
@@ -439,6 +456,7 @@ CASES: dict[str, tuple[Case, tuple[str, ...], str]] = {
         "audio before SettingsApplied",
     ),
     "agent sends an unknown type": (_agent_unknown_type, ("hangup",), "hung up (stop)"),
+    "agent stops reading": (_agent_stops_reading, ("agent_error",), "agent not reading"),
     "twilio disconnects without stop": (
         _disconnect_without_stop,
         ("hangup",),
