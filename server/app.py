@@ -18,7 +18,7 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from server.metrics import Metrics
@@ -28,6 +28,7 @@ from server.tools import ToolRegistry
 if TYPE_CHECKING:
     from server.call import CallDriver
     from server.http import HttpProtocol
+    from server.peers.agent import LocalAgent
 
 log = logging.getLogger("server")
 
@@ -52,7 +53,7 @@ class Server:
         self._servers: list[asyncio.Server] = []
         self._calls_empty = asyncio.Event()
         self._calls_empty.set()
-        self._local_agent: Any = None
+        self._local_agent: LocalAgent | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -97,27 +98,13 @@ class Server:
         return [s for srv in self._servers for s in getattr(srv, "sockets", ())]
 
     async def _start_local_agent(self) -> None:
-        try:
-            from server.peers import agent as local_agent_module  # written separately
-        except ImportError as exc:
-            raise StartupError(
-                f"--agent-url local needs server.peers.agent, which is not available ({exc})"
-            ) from None
-        agent_class = getattr(local_agent_module, "LocalAgent", None)
-        if agent_class is None:
-            raise StartupError("--agent-url local: server.peers.agent has no LocalAgent")
-        agent = agent_class(host="127.0.0.1", port=0)
-        started = agent.start()
-        if isinstance(started, Awaitable):
-            await started
-        url = getattr(agent, "url", None)
-        if callable(url):
-            url = url()
-        if not isinstance(url, str):
-            raise StartupError("--agent-url local: LocalAgent did not report its url")
+        from server.peers.agent import LocalAgent  # only --agent-url local needs it
+
+        agent = LocalAgent(host="127.0.0.1", port=0)
+        await agent.start()
         self._local_agent = agent
-        self.agent_url = url
-        log.info("local agent listening at %s (no Deepgram key needed)", url)
+        self.agent_url = agent.url
+        log.info("local agent listening at %s (no Deepgram key needed)", agent.url)
 
     def at_capacity(self) -> bool:
         limit = self.options.max_calls
@@ -163,14 +150,8 @@ class Server:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
         if self._local_agent is not None:
-            stop = getattr(self._local_agent, "stop", None) or getattr(
-                self._local_agent, "close", None
-            )
-            if stop is not None:
-                result = stop()
-                if isinstance(result, Awaitable):
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(result, 2.0)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._local_agent.stop(), 2.0)
 
 
 # ---------------------------------------------------------------------- running
