@@ -14,6 +14,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from sansio import fill_placeholders
+from server.app import Server
 from server.tools import ToolRegistry
 from tests.server_support import (
     API_KEY,
@@ -25,6 +26,7 @@ from tests.server_support import (
     frame,
     mark,
     media,
+    options,
     recv_json,
     recv_until,
     run,
@@ -525,3 +527,22 @@ def test_agent_not_reading_ends_its_call() -> None:
             await until(lambda: not server.calls, timeout=5)
 
     run(body(), timeout=40)
+
+
+def test_agent_url_local_bridges_to_the_bundled_agent_without_a_key() -> None:
+    """`--agent-url local`: a connectivity check of a Twilio setup with no Deepgram key."""
+    from server.peers.caller import TwilioCaller
+
+    async def body() -> None:
+        server = Server(options("--agent-url", "local", env={"DEEPGRAM_API_KEY": ""}))
+        await server.start()
+        try:
+            url = f"ws://127.0.0.1:{server.port}/media-stream"
+            async with TwilioCaller(url, speed=4.0) as call:
+                assert await call.wait_agent_speaking(5), "the local agent's greeting"
+                await call.hangup()
+            assert call.figures().violations == ()
+        finally:
+            await server.shutdown(0.0)
+
+    run(body())
