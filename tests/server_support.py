@@ -250,6 +250,17 @@ async def caller(
     )
 
 
+async def ready_call(
+    server: Server, agent: FakeAgent, **kwargs: Any
+) -> tuple[ClientConnection, AgentSession]:
+    """A caller that sent ``start``, and its agent leg once ``SettingsApplied`` went out."""
+    ws = await caller(server, **kwargs)
+    await ws.send(start())
+    session = await agent.session()
+    await until(lambda: session.applied_at is not None)
+    return ws, session
+
+
 async def recv_json(ws: ClientConnection, timeout: float = 2.0) -> dict[str, Any]:
     message = await asyncio.wait_for(ws.recv(), timeout)
     assert isinstance(message, str), "Twilio messages must be text frames"

@@ -27,6 +27,7 @@ from tests.server_support import (
     mark,
     media,
     options,
+    ready_call,
     recv_json,
     recv_until,
     run,
@@ -125,10 +126,7 @@ def test_added_latency_p99_is_small() -> None:
 
     async def body() -> None:
         async with FakeAgent() as agent, running_server(agent=agent) as server:
-            ws = await caller(server)
-            await ws.send(start())
-            session = await agent.session()
-            await until(lambda: session.applied_at is not None)
+            ws, session = await ready_call(server, agent)
             arrivals: list[float] = []
             original = session.audio
 
@@ -161,10 +159,7 @@ def test_transcript_and_call_lines_are_logged(caplog: pytest.LogCaptureFixture) 
 
     async def body() -> None:
         async with FakeAgent() as agent, running_server(agent=agent) as server:
-            ws = await caller(server)
-            await ws.send(start())
-            session = await agent.session()
-            await until(lambda: session.applied_at is not None)
+            ws, session = await ready_call(server, agent)
             await session.send({"type": "ConversationText", "role": "assistant", "content": "Hi!"})
             await asyncio.sleep(0.05)
             await ws.send(stop())
@@ -184,10 +179,7 @@ def test_transcript_and_call_lines_are_logged(caplog: pytest.LogCaptureFixture) 
 def test_agent_ending_closes_caller(how: str) -> None:
     async def body() -> None:
         async with FakeAgent() as agent, running_server(agent=agent) as server:
-            ws = await caller(server)
-            await ws.send(start())
-            session = await agent.session()
-            await until(lambda: session.applied_at is not None)
+            ws, session = await ready_call(server, agent)
             if how == "close":
                 await session.ws.close(1011, "boom")
             else:
@@ -238,10 +230,7 @@ def test_agent_that_never_applies_settings_times_out() -> None:
 def test_caller_vanishing_closes_agent() -> None:
     async def body() -> None:
         async with FakeAgent() as agent, running_server(agent=agent) as server:
-            ws = await caller(server)
-            await ws.send(start())
-            session = await agent.session()
-            await until(lambda: session.applied_at is not None)
+            ws, session = await ready_call(server, agent)
             ws.transport.abort()  # no close frame, no stop
             await asyncio.wait_for(session.closed.wait(), 1.0)
             await until(lambda: not server.calls)
@@ -397,10 +386,7 @@ def test_client_side_tools() -> None:
     async def body() -> None:
         tools = ToolRegistry({"lookup": _lookup, "broken": _raises})
         async with FakeAgent() as agent, running_server(agent=agent, tools=tools) as server:
-            ws = await caller(server)
-            await ws.send(start())
-            session = await agent.session()
-            await until(lambda: session.applied_at is not None)
+            ws, session = await ready_call(server, agent)
             await session.send(
                 {
                     "type": "FunctionCallRequest",
@@ -428,10 +414,7 @@ def test_client_side_tools() -> None:
 def test_end_call_tool_hangs_up() -> None:
     async def body() -> None:
         async with FakeAgent() as agent, running_server(agent=agent) as server:
-            ws = await caller(server)
-            await ws.send(start())
-            session = await agent.session()
-            await until(lambda: session.applied_at is not None)
+            ws, session = await ready_call(server, agent)
             await session.send(
                 {"type": "FunctionCallRequest", "functions": [
                     {"id": "e1", "name": "end_call", "arguments": "{}", "client_side": True}]}
@@ -466,10 +449,7 @@ def test_shutdown_ends_calls_with_reason() -> None:
     async def body() -> None:
         async with FakeAgent() as agent:
             async with running_server(agent=agent, grace=0.2) as server:
-                ws = await caller(server)
-                await ws.send(start())
-                session = await agent.session()
-                await until(lambda: session.applied_at is not None)
+                ws, session = await ready_call(server, agent)
             # leaving the block ran shutdown(grace=0.2): both legs closed with a reason
             assert await _closed_within(ws, 2) < 2
             assert ws.close_code == 1000 and "shutdown" in (ws.close_reason or "")
@@ -485,10 +465,8 @@ def test_caller_not_reading_ends_its_call() -> None:
         async with FakeAgent() as agent, running_server(
             "--max-write-buffer", "65536", agent=agent
         ) as server:
-            ws = await caller(server, max_queue=1)  # then never read: TCP backs up
-            await ws.send(start())
-            session = await agent.session()
-            await until(lambda: session.applied_at is not None)
+            # The caller is kept open but never read: TCP backs up.
+            _ws, session = await ready_call(server, agent, max_queue=1)
             chunk = b"\x33" * 32000
             for _ in range(600):  # ~26 MB of media JSON: more than loopback buffers hold
                 if server.metrics.calls_ended:
@@ -508,10 +486,7 @@ def test_agent_not_reading_ends_its_call() -> None:
         async with FakeAgent() as agent, running_server(
             "--max-write-buffer", "65536", "--chunk-ms", "1000", agent=agent
         ) as server:
-            ws = await caller(server)
-            await ws.send(start())
-            session = await agent.session()
-            await until(lambda: session.applied_at is not None)
+            ws, session = await ready_call(server, agent)
             session.ws.transport.pause_reading()  # the agent stops reading
             seq = 2
             for _ in range(3000):  # up to 24 MB of audio

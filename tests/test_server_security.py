@@ -18,11 +18,10 @@ from tests.server_support import (
     get,
     http,
     post_form,
+    ready_call,
     run,
     running_server,
-    start,
     stop,
-    until,
 )
 
 TOKEN = "tok-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
@@ -135,10 +134,7 @@ def test_upgrade_accepted_with_correct_signature() -> None:
     async def body() -> None:
         async with FakeAgent() as agent, running_server(agent=agent, env=ENV) as server:
             sig = ORACLE.compute_signature("wss://bridge.example.com/media-stream", {})
-            ws = await caller(server, headers={"X-Twilio-Signature": sig})
-            await ws.send(start())
-            session = await agent.session()
-            await until(lambda: session.applied_at is not None)
+            ws, session = await ready_call(server, agent, headers={"X-Twilio-Signature": sig})
             await ws.send(stop())
             await asyncio.wait_for(session.closed.wait(), 1)
 
@@ -151,10 +147,7 @@ def test_secrets_never_logged(caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
         async with FakeAgent() as agent, running_server(agent=agent, env=ENV) as server:
             sig = ORACLE.compute_signature("wss://bridge.example.com/media-stream", {})
-            ws = await caller(server, headers={"X-Twilio-Signature": sig})
-            await ws.send(start())
-            session = await agent.session()
-            await until(lambda: session.applied_at is not None)
+            ws, session = await ready_call(server, agent, headers={"X-Twilio-Signature": sig})
             await ws.send(stop())
             await asyncio.wait_for(session.closed.wait(), 1)
             await http(server.port, post_form("/incoming-call", "From=1",
