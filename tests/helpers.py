@@ -34,8 +34,8 @@ def twilio_connected() -> str:
 
 
 def twilio_start(
-    stream_sid: str = STREAM_SID,
     parameters: dict[str, str] | None = None,
+    stream_sid: str = STREAM_SID,
     media_format: dict[str, Any] | None = None,
 ) -> str:
     return json.dumps(
@@ -55,7 +55,9 @@ def twilio_start(
     )
 
 
-def twilio_media(audio: bytes, seq: int = 2, track: str = "inbound") -> str:
+def twilio_media(
+    audio: bytes, seq: int = 2, track: str = "inbound", stream_sid: str = STREAM_SID
+) -> str:
     return json.dumps(
         {
             "event": "media",
@@ -66,14 +68,14 @@ def twilio_media(audio: bytes, seq: int = 2, track: str = "inbound") -> str:
                 "timestamp": str(20 * seq),
                 "payload": base64.b64encode(audio).decode(),
             },
-            "streamSid": STREAM_SID,
+            "streamSid": stream_sid,
         }
     )
 
 
-def twilio_mark(name: str) -> str:
+def twilio_mark(name: str, stream_sid: str = STREAM_SID) -> str:
     return json.dumps(
-        {"event": "mark", "sequenceNumber": "9", "streamSid": STREAM_SID, "mark": {"name": name}}
+        {"event": "mark", "sequenceNumber": "9", "streamSid": stream_sid, "mark": {"name": name}}
     )
 
 
@@ -88,13 +90,13 @@ def twilio_dtmf(digit: str) -> str:
     )
 
 
-def twilio_stop() -> str:
+def twilio_stop(stream_sid: str = STREAM_SID) -> str:
     return json.dumps(
         {
             "event": "stop",
             "sequenceNumber": "99",
             "stop": {"accountSid": ACCOUNT_SID, "callSid": CALL_SID},
-            "streamSid": STREAM_SID,
+            "streamSid": stream_sid,
         }
     )
 

@@ -7,7 +7,6 @@ no code with ``server/``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -24,14 +23,26 @@ from server.app import Server
 from server.cli import build_parser
 from server.settings import ServerOptions, make_options
 from server.tools import ToolRegistry
+from tests.helpers import (
+    CALL_SID as CALL_SID,
+)
+from tests.helpers import (
+    SETTINGS as SETTINGS,
+)
+from tests.helpers import (
+    STREAM_SID as STREAM_SID,
+)
+from tests.helpers import (
+    twilio_connected,
+    twilio_mark,
+    twilio_media,
+    twilio_start,
+    twilio_stop,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config.json"
-SETTINGS: dict[str, Any] = json.loads(CONFIG.read_text())
 API_KEY = "test-key-0123456789"
-STREAM_SID = "MZ" + "0123456789abcdef" * 2
-CALL_SID = "CA" + "fedcba9876543210" * 2
-ACCOUNT_SID = "AC" + "00112233445566778899aabbccddeeff"
 
 
 def run(coro: Coroutine[Any, Any, Any], timeout: float = 30.0, loop: str | None = None) -> Any:
@@ -177,59 +188,12 @@ class FakeAgent:
 # ---------------------------------------------------------------------- the caller
 
 
-def connected() -> str:
-    return json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-
-
-def start(parameters: dict[str, str] | None = None, stream_sid: str = STREAM_SID) -> str:
-    return json.dumps(
-        {
-            "event": "start",
-            "sequenceNumber": "1",
-            "start": {
-                "accountSid": ACCOUNT_SID,
-                "streamSid": stream_sid,
-                "callSid": CALL_SID,
-                "tracks": ["inbound"],
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                "customParameters": parameters if parameters is not None else {"From": "+15550001"},
-            },
-            "streamSid": stream_sid,
-        }
-    )
-
-
-def media(audio: bytes, seq: int, stream_sid: str = STREAM_SID) -> str:
-    return json.dumps(
-        {
-            "event": "media",
-            "sequenceNumber": str(seq),
-            "media": {
-                "track": "inbound",
-                "chunk": str(seq - 1),
-                "timestamp": str(20 * seq),
-                "payload": base64.b64encode(audio).decode(),
-            },
-            "streamSid": stream_sid,
-        }
-    )
-
-
-def mark(name: str, stream_sid: str = STREAM_SID) -> str:
-    return json.dumps(
-        {"event": "mark", "sequenceNumber": "9", "streamSid": stream_sid, "mark": {"name": name}}
-    )
-
-
-def stop(stream_sid: str = STREAM_SID) -> str:
-    return json.dumps(
-        {
-            "event": "stop",
-            "sequenceNumber": "99",
-            "stop": {"accountSid": ACCOUNT_SID, "callSid": CALL_SID},
-            "streamSid": stream_sid,
-        }
-    )
+# Twilio's messages, as the core's tests build them.
+connected = twilio_connected
+start = twilio_start
+media = twilio_media
+mark = twilio_mark
+stop = twilio_stop
 
 
 def frame(i: int) -> bytes:
