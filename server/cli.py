@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--env-file", default=".env", help="dotenv file to read (default ./.env)")
     add(
         "--agent-url",
+        "--agent",
         default=None,
         help=f"agent WebSocket URL (default $DEEPGRAM_AGENT_URL or {DEFAULT_AGENT_URL}); "
         "ws:// is accepted for local peers; 'local' runs the bundled local agent",

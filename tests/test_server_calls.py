@@ -505,11 +505,11 @@ def test_agent_not_reading_ends_its_call() -> None:
 
 
 def test_agent_url_local_bridges_to_the_bundled_agent_without_a_key() -> None:
-    """`--agent-url local`: a connectivity check of a Twilio setup with no Deepgram key."""
+    """`--agent local` (short for `--agent-url local`): a Twilio connectivity check, no key."""
     from server.peers.caller import TwilioCaller
 
     async def body() -> None:
-        server = Server(options("--agent-url", "local", env={"DEEPGRAM_API_KEY": ""}))
+        server = Server(options("--agent", "local", env={"DEEPGRAM_API_KEY": ""}))
         await server.start()
         try:
             url = f"ws://127.0.0.1:{server.port}/media-stream"
