@@ -10,7 +10,12 @@ under test really bridges a call.
 For each chunk size and each N it reports the server's CPU per call-second (from /proc) and the
 calls per core that implies, added latency p50/p99 each way, barge-in clear latency, RSS per
 call, lost frames, and the load generator's own CPU and clock lateness (if the load lags, its
-latency figures are not valid and a warning says so).
+latency figures are not valid and a warning says so). The server's CPU is split into user and
+kernel (sys) time: the kernel's share is the floor set by the syscalls a design makes.
+
+Before each point, the same load runs against a naive bridge (``bench/naive_bridge.py``: the
+`websockets` library on both legs, the way simple bridges are written), so that every figure
+has a baseline from the same run on the same noisy machine; ``--no-baseline`` skips it.
 
     python -m bench.bench_calls                        # chunk 20 ms, N = 10, 50, 100
     python -m bench.bench_calls --chunk-ms 20,40,100 --calls 50
@@ -42,10 +47,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def cpu_seconds(pid: int | str) -> float:
-    """utime + stime of a process, from /proc."""
+def cpu_seconds(pid: int | str) -> tuple[float, float]:
+    """(utime, stime) of a process, from /proc: stime is the kernel's share (the syscalls)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def rss_bytes(pid: int) -> int:
@@ -76,20 +81,26 @@ def healthz(port: int) -> dict[str, Any] | None:
 
 
 class ServerProcess:
-    """``python -m server`` on loopback, pinned to core 0 when there are two or more."""
+    """A bridge on loopback, pinned to core 0 when there are two or more.
 
-    def __init__(self, agent_port: int, chunk_ms: int, pin: bool) -> None:
+    ``bridge`` is ``server`` (``python -m server``, the server under test) or ``naive`` (the
+    baseline in ``bench/naive_bridge.py``), so both are measured under the same load and pinning.
+    """
+
+    def __init__(self, agent_port: int, chunk_ms: int, pin: bool, bridge: str = "server") -> None:
         self.port = free_port()
         env = dict(os.environ, DEEPGRAM_API_KEY="bench-not-a-secret")
         env.pop("TWILIO_AUTH_TOKEN", None)
-        command = [
-            sys.executable, "-m", "server",
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--config", str(ROOT / "config.json"),
-            "--agent-url", f"ws://127.0.0.1:{agent_port}/v1/agent/converse",
-            "--chunk-ms", str(chunk_ms), "--log-level", "WARNING",
-            "--idle-timeout", "60", "--shutdown-grace", "1",
-        ]  # fmt: skip
+        agent_url = f"ws://127.0.0.1:{agent_port}/v1/agent/converse"
+        common = ["--host", "127.0.0.1", "--port", str(self.port),
+                  "--config", str(ROOT / "config.json"), "--agent-url", agent_url]  # fmt: skip
+        if bridge == "naive":
+            command = [sys.executable, "-m", "bench.naive_bridge", *common,
+                       "--buffer-ms", str(chunk_ms)]  # fmt: skip
+        else:
+            command = [sys.executable, "-m", "server", *common,
+                       "--chunk-ms", str(chunk_ms), "--log-level", "WARNING",
+                       "--idle-timeout", "60", "--shutdown-grace", "1"]  # fmt: skip
         self.proc = subprocess.Popen(
             command,
             env=env,
@@ -157,11 +168,11 @@ async def check_with_peers(chunk_ms: int, pin: bool) -> dict[str, Any]:
 
 
 async def measure(
-    chunk_ms: int, calls: int, seconds: float, pin: bool, barge_in_every: float
+    chunk_ms: int, calls: int, seconds: float, pin: bool, barge_in_every: float, bridge: str
 ) -> dict[str, Any]:
     load = Load(bridge_port=0, barge_in_every=barge_in_every)
     agent_port = await load.start_agent()
-    server = ServerProcess(agent_port, chunk_ms, pin)
+    server = ServerProcess(agent_port, chunk_ms, pin, bridge)
     load.bridge_port = server.port
     try:
         await server.wait_healthy()
@@ -192,17 +203,20 @@ async def measure(
         await load.close()
         server.stop()
     window = wall1 - wall0
-    ms_per_call_second = (cpu1 - cpu0) * 1000 / (calls * window)
+    ms_per_call_second = (sum(cpu1) - sum(cpu0)) * 1000 / (calls * window)
+    sys_ms_per_call_second = (cpu1[1] - cpu0[1]) * 1000 / (calls * window)
     inbound = quantiles(stats.inbound_ms)
     outbound = quantiles(stats.outbound_ms)
     barge = quantiles(stats.barge_in_ms)
     lateness = quantiles(stats.tick_lateness_ms)
     return {
+        "bridge": bridge,
         "chunk_ms": chunk_ms,
         "calls": calls,
         "window_s": round(window, 2),
         "agent_sessions_ready": ready,
         "server_cpu_ms_per_call_s": round(ms_per_call_second, 3),
+        "server_sys_ms_per_call_s": round(sys_ms_per_call_second, 3),
         "calls_per_core": round(1000 / ms_per_call_second) if ms_per_call_second > 0 else None,
         "inbound_p50_ms": inbound[0],
         "inbound_p99_ms": inbound[1],
@@ -214,33 +228,35 @@ async def measure(
         "rss_per_call_kib": round(max(0, rss_during - rss_before) / calls / 1024, 1),
         "frames_lost_in": lost_in,
         "chunks_lost_out": lost_out,
-        "load_cpu_ms_per_call_s": round((own1 - own0) * 1000 / (calls * window), 3),
+        "load_cpu_ms_per_call_s": round((sum(own1) - sum(own0)) * 1000 / (calls * window), 3),
         "load_tick_lateness_p99_ms": lateness[1],
         "drained": drained,
         "errors": load.errors[:5],
     }
 
 
-def print_rows(rows: list[dict[str, Any]]) -> None:
+HEADER = (
+    "bridge | chunk | calls | server CPU ms/call-s (sys) | calls/core | in p50/p99 ms "
+    "| out p50/p99 ms | barge-in p50/p99 ms | RSS KiB/call | lost in/out | load CPU | tick late p99"
+)
+
+
+def print_row(r: dict[str, Any]) -> None:
     print(
-        "chunk | calls | server CPU ms/call-s | calls/core | in p50/p99 ms | out p50/p99 ms "
-        "| barge-in p50/p99 ms | RSS KiB/call | lost in/out | load CPU | tick late p99"
+        f"{r['bridge']:>6} | {r['chunk_ms']:>5} | {r['calls']:>5} "
+        f"| {r['server_cpu_ms_per_call_s']:>17} ({r['server_sys_ms_per_call_s']:>6}) "
+        f"| {r['calls_per_core']!s:>10} "
+        f"| {r['inbound_p50_ms']!s:>5} / {r['inbound_p99_ms']!s:<6}"
+        f"| {r['outbound_p50_ms']!s:>5} / {r['outbound_p99_ms']!s:<7}"
+        f"| {r['barge_in_p50_ms']!s:>8} / {r['barge_in_p99_ms']!s:<9}"
+        f"| {r['rss_per_call_kib']:>12} | {r['frames_lost_in']:>4} / {r['chunks_lost_out']:<4}"
+        f"| {r['load_cpu_ms_per_call_s']:>8} | {r['load_tick_lateness_p99_ms']}"
     )
-    for r in rows:
-        print(
-            f"{r['chunk_ms']:>5} | {r['calls']:>5} | {r['server_cpu_ms_per_call_s']:>20} "
-            f"| {r['calls_per_core']!s:>10} "
-            f"| {r['inbound_p50_ms']!s:>5} / {r['inbound_p99_ms']!s:<6}"
-            f"| {r['outbound_p50_ms']!s:>5} / {r['outbound_p99_ms']!s:<7}"
-            f"| {r['barge_in_p50_ms']!s:>8} / {r['barge_in_p99_ms']!s:<9}"
-            f"| {r['rss_per_call_kib']:>12} | {r['frames_lost_in']:>4} / {r['chunks_lost_out']:<4}"
-            f"| {r['load_cpu_ms_per_call_s']:>8} | {r['load_tick_lateness_p99_ms']}"
-        )
-        late = r["load_tick_lateness_p99_ms"]
-        if late is not None and late > 10:
-            print(
-                f"      warning: the load generator lagged (p99 {late} ms): latencies are inflated"
-            )
+    late = r["load_tick_lateness_p99_ms"]
+    if late is not None and late > 10:
+        print(f"      warning: the load generator lagged (p99 {late} ms): latencies are inflated")
+    if "cpu_vs_naive" in r:
+        print(f"      server CPU = {r['cpu_vs_naive']}x the naive bridge's in this run")
 
 
 def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -252,7 +268,7 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
     except ImportError:
         print("plotting skipped: matplotlib is not installed (pip install matplotlib)")
         return []
-    rows = result["rows"]
+    rows = [r for r in result["rows"] if r["bridge"] == "server"]
     written = []
     figure, axis = plt.subplots()
     largest = max(r["calls"] for r in rows)
@@ -290,7 +306,12 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
 
 
 async def run(
-    chunks: list[int], calls: list[int], seconds: float, check: bool, barge_in_every: float
+    chunks: list[int],
+    calls: list[int],
+    seconds: float,
+    check: bool,
+    barge_in_every: float,
+    baseline: bool,
 ) -> dict[str, Any]:
     pin = (os.cpu_count() or 1) >= 2
     if pin:
@@ -307,11 +328,20 @@ async def run(
     if check:
         result["peer_check"] = await check_with_peers(chunks[0], pin)
         print(f"peer check (TwilioCaller + LocalAgent through the server): {result['peer_check']}")
+    print(HEADER)
     for chunk in chunks:
         for count in calls:
-            row = await measure(chunk, count, seconds, pin, barge_in_every)
+            naive = None
+            if baseline:  # the same load on the naive bridge, just before: a ratio, not a guess
+                naive = await measure(chunk, count, seconds, pin, barge_in_every, "naive")
+                result["rows"].append(naive)
+                print_row(naive)
+            row = await measure(chunk, count, seconds, pin, barge_in_every, "server")
+            if naive is not None and naive["server_cpu_ms_per_call_s"] > 0:
+                ratio = row["server_cpu_ms_per_call_s"] / naive["server_cpu_ms_per_call_s"]
+                row["cpu_vs_naive"] = round(ratio, 2)
             result["rows"].append(row)
-            print_rows([row])
+            print_row(row)
     return result
 
 
@@ -325,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     parser.add_argument("--no-peer-check", action="store_true", help="skip the call with the peers")
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the naive bridge (bench/naive_bridge.py) measured before each point",
+    )
     parser.add_argument("--plot", action="store_true", help="write PNGs (needs matplotlib)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "calls.json")
     args = parser.parse_args(argv)
@@ -333,7 +368,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         chunks, calls, args.seconds, args.barge_in_every = chunks[:1], [2], 2.0, 0.5
     result = asyncio.run(
-        run(chunks, calls, args.seconds, not args.no_peer_check, args.barge_in_every)
+        run(
+            chunks,
+            calls,
+            args.seconds,
+            not args.no_peer_check,
+            args.barge_in_every,
+            not args.no_baseline,
+        )
     )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
@@ -341,8 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         for path in plot(result, args.json.parent):
             print(f"wrote {path}")
+    # The naive baseline may lose audio (a partial chunk is never sent, as in the original
+    # program); only the server under test fails the run.
     bad = [
-        r for r in result["rows"] if r["frames_lost_in"] or r["chunks_lost_out"] or not r["drained"]
+        r
+        for r in result["rows"]
+        if r["bridge"] == "server"
+        and (r["frames_lost_in"] or r["chunks_lost_out"] or not r["drained"])
     ]
     return (
         1

@@ -32,7 +32,7 @@ class BridgeConfig:
     welcome_timeout: float = 2.0
     settings_timeout: float = 10.0
     twilio_idle_timeout: float = 15.0
-    close_timeout: float = 2.0
+    close_timeout: float = 1.0
     mark_interval_ms: int = 500
     hangup_grace: float = 3.0
     hangup_timeout: float = 30.0

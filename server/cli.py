@@ -116,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to open the agent WebSocket (default 10)")
     add("--settings-timeout", type=_seconds, default=10.0,
         help="seconds for the agent to apply the Settings (default 10)")
-    add("--close-timeout", type=_seconds, default=2.0,
-        help="seconds for a close handshake before the connection is dropped (default 2)")
+    add("--close-timeout", type=_seconds, default=1.0,
+        help="seconds for a close handshake before the connection is dropped (default 1)")
     add("--welcome-timeout", type=_seconds, default=2.0,
         help="seconds to wait for the agent's Welcome before sending Settings anyway (default 2)")
     add("--hangup-grace", type=_seconds, default=3.0,

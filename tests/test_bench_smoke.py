@@ -40,17 +40,22 @@ def test_calls_bench_quick_runs_real_calls_and_writes_well_formed_results(tmp_pa
     result = json.loads(out.read_text())
     check = result["peer_check"]
     assert check["closed_by"] == "bridge" and check["violations"] == []
-    [row] = result["rows"]
-    assert row["calls"] == 2 and row["agent_sessions_ready"] == 2 and row["drained"]
-    assert row["frames_lost_in"] == 0 and row["chunks_lost_out"] == 0
-    for key in (
-        "server_cpu_ms_per_call_s",
-        "inbound_p50_ms",
-        "inbound_p99_ms",
-        "outbound_p50_ms",
-        "outbound_p99_ms",
-        "rss_per_call_kib",
-        "load_cpu_ms_per_call_s",
-    ):
-        assert _finite_non_negative(row[key]), (key, row)
-    assert row["barge_ins"] > 0 and _finite_non_negative(row["barge_in_p99_ms"])
+    naive, server = result["rows"]  # the baseline is measured first, under the same load
+    assert (naive["bridge"], server["bridge"]) == ("naive", "server")
+    for row in (naive, server):
+        assert row["calls"] == 2 and row["agent_sessions_ready"] == 2 and row["drained"], row
+        assert row["frames_lost_in"] == 0 and row["chunks_lost_out"] == 0, row
+        for key in (
+            "server_cpu_ms_per_call_s",
+            "server_sys_ms_per_call_s",
+            "inbound_p50_ms",
+            "inbound_p99_ms",
+            "outbound_p50_ms",
+            "outbound_p99_ms",
+            "rss_per_call_kib",
+            "load_cpu_ms_per_call_s",
+        ):
+            assert _finite_non_negative(row[key]), (key, row)
+        assert row["server_sys_ms_per_call_s"] <= row["server_cpu_ms_per_call_s"]
+        assert row["barge_ins"] > 0 and _finite_non_negative(row["barge_in_p99_ms"])
+    assert _finite_non_negative(server["cpu_vs_naive"])

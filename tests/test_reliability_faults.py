@@ -11,7 +11,9 @@ The agent is reached through :class:`AgentProxy`, so faults of the *connection* 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -146,8 +148,6 @@ class Innocent:
         while len(self.heard) < len(self.spoken):
             message = json.loads(await asyncio.wait_for(self.ws.recv(), 2))
             if message["event"] == "media":
-                import base64
-
                 self.heard += base64.b64decode(message["media"]["payload"])
 
     async def check(self) -> None:
@@ -522,3 +522,62 @@ def test_fault_is_contained(name: str, caplog: pytest.LogCaptureFixture) -> None
             await asyncio.wait_for(innocent.session.closed.wait(), 2)
 
     run(body(), timeout=40)
+
+
+class DeafAgent:
+    """An agent that applies the Settings, then never answers anything, a close frame included.
+
+    It shares no code with the server: raw RFC 6455 over an asyncio server, so the only way its
+    connection ends is the bridge dropping it.
+    """
+
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self.gone = asyncio.Event()
+
+    async def __aenter__(self) -> DeafAgent:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1/agent/converse"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = re.search(rb"(?i)sec-websocket-key:\s*(\S+)", head)
+        assert key is not None
+        accept = base64.b64encode(
+            hashlib.sha1(key.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+        )
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        for text in (b'{"type":"Welcome","request_id":"deaf"}', b'{"type":"SettingsApplied"}'):
+            writer.write(struct.pack("!BB", 0x81, len(text)) + text)
+        self.connected.set()
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):  # swallow everything, answer nothing
+                pass
+        self.gone.set()
+        writer.close()
+
+
+def test_agent_leg_that_ignores_the_close_is_gone_within_2s_of_the_caller() -> None:
+    """Default settings: the close handshake is bounded, so the agent leg never lingers."""
+
+    async def body() -> None:
+        async with DeafAgent() as agent, running_server("--agent-url", agent.url) as server:
+            ws = await caller(server)
+            await ws.send(start(stream_sid="MZdeaf"))
+            await asyncio.wait_for(agent.connected.wait(), 3)
+            await asyncio.sleep(0.2)  # the Settings are applied; the call is up
+            t0 = time.monotonic()
+            ws.transport.abort()  # the caller is gone, no stop, no close frame
+            await asyncio.wait_for(agent.gone.wait(), 3)
+            assert time.monotonic() - t0 < 2.0, "the agent leg outlived its caller by 2 s"
+            await until(lambda: not server.calls, what="the call gone")
+
+    run(body(), timeout=20)
