@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from bench.loadgen import GUID, server_frame
 from server.app import Server
 
 from .server_support import (
@@ -527,8 +528,8 @@ def test_fault_is_contained(name: str, caplog: pytest.LogCaptureFixture) -> None
 class DeafAgent:
     """An agent that applies the Settings, then never answers anything, a close frame included.
 
-    It shares no code with the server: raw RFC 6455 over an asyncio server, so the only way its
-    connection ends is the bridge dropping it.
+    It shares no code with the server (raw RFC 6455 framing from the bench's load generator), so
+    the only way its connection ends is the bridge dropping it.
     """
 
     def __init__(self) -> None:
@@ -548,15 +549,13 @@ class DeafAgent:
         head = await reader.readuntil(b"\r\n\r\n")
         key = re.search(rb"(?i)sec-websocket-key:\s*(\S+)", head)
         assert key is not None
-        accept = base64.b64encode(
-            hashlib.sha1(key.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
-        )
+        accept = base64.b64encode(hashlib.sha1(key.group(1) + GUID).digest())
         writer.write(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
         )
         for text in (b'{"type":"Welcome","request_id":"deaf"}', b'{"type":"SettingsApplied"}'):
-            writer.write(struct.pack("!BB", 0x81, len(text)) + text)
+            writer.write(server_frame(text))
         self.connected.set()
         with contextlib.suppress(ConnectionError):
             while await reader.read(65536):  # swallow everything, answer nothing
