@@ -288,17 +288,22 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
     figure.savefig(path)
     written.append(path)
     figure, axis = plt.subplots()
-    for chunk in sorted({r["chunk_ms"] for r in rows}):
-        points = sorted((r for r in rows if r["chunk_ms"] == chunk), key=lambda r: r["calls"])
+    every = result["rows"]
+    for bridge, chunk in sorted({(r["bridge"], r["chunk_ms"]) for r in every}, reverse=True):
+        points = sorted(
+            (r for r in every if (r["bridge"], r["chunk_ms"]) == (bridge, chunk)),
+            key=lambda r: r["calls"],
+        )
         axis.plot(
             [r["calls"] for r in points],
             [r["server_cpu_ms_per_call_s"] for r in points],
             marker="o",
-            label=f"{chunk} ms",
+            linestyle="-" if bridge == "server" else ":",
+            label=f"{bridge}, {chunk} ms",
         )
     axis.set_xlabel("concurrent calls")
-    axis.set_ylabel("server CPU (ms per call-second)")
-    axis.legend(title="chunk")
+    axis.set_ylabel("bridge CPU (ms per call-second)")
+    axis.legend(title="bridge, chunk")
     path = out_dir / "cpu-vs-calls.png"
     figure.savefig(path)
     written.append(path)
