@@ -650,8 +650,9 @@ def test_caller_echoes_a_mark_when_its_audio_has_played() -> None:
     speed = 5
 
     async def bridge(ws: ServerConnection, stream_sid: str) -> None:
+        times["sending"] = time.perf_counter()  # playback cannot start before this
         await ws.send(media(stream_sid, load_clip("agent-reply")[:8000]))  # 1 s
-        times["sent"] = time.perf_counter()
+        times["sent"] = time.perf_counter()  # nor after this, give or take scheduling
         await ws.send(mark(stream_sid, "one-second"))
 
     async def body() -> None:
@@ -663,7 +664,8 @@ def test_caller_echoes_a_mark_when_its_audio_has_played() -> None:
             times["echo"] = time.perf_counter()
 
     run(body())
-    assert 0.9 / speed <= times["echo"] - times["sent"] <= 1.5 / speed
+    assert times["echo"] - times["sending"] >= 0.9 / speed, "echoed before the audio played"
+    assert times["echo"] - times["sent"] <= 1.5 / speed, "echoed long after the audio played"
     assert payloads[0][0] == 8000 and payloads[0][1] < times["echo"]
 
 
