@@ -423,9 +423,15 @@ class CallBridge:
             else {}
         )
         call_sid = start.get("callSid")
+        self.call_sid = call_sid if type(call_sid) is str else ""
+        admit = self.config.admit
+        if admit is not None:
+            refusal = admit(self.call_sid, parameters)
+            if refusal is not None:
+                self._fail(Peer.TWILIO, f"call refused: {refusal}", 1008, now)
+                return
         account_sid = start.get("accountSid")
         self.stream_sid = stream_sid
-        self.call_sid = call_sid if type(call_sid) is str else ""
         self.custom_parameters = parameters
         self.twilio_state = TwilioState.STREAMING
         self._encoder = TwilioEncoder(stream_sid)

@@ -11,6 +11,7 @@ from typing import Any
 from ._errors import ConfigError
 
 JsonLoads = Callable[[str], Any]
+Admit = Callable[[str, Mapping[str, str]], "str | None"]
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -22,6 +23,11 @@ class BridgeConfig:
     Durations are in seconds except the ``*_ms`` audio sizes. ``settings`` is the agent
     ``Settings`` message; ``{Name}`` placeholders in its strings are filled per call from
     Twilio's ``start.customParameters``.
+
+    ``admit(call_sid, custom_parameters)``, when given, is asked at Twilio's ``start``, before
+    any agent leg is opened: a returned string refuses the call (it ends as ``protocol_error``
+    with close code 1008). It is the driver's hook for per-call authentication, such as a token
+    the webhook put in the TwiML, so the core itself holds no keys.
     """
 
     settings: Mapping[str, Any]
@@ -39,6 +45,7 @@ class BridgeConfig:
     end_call_tool: str | None = "end_call"
     dtmf_template: str = "The caller pressed the {digit} key on the phone keypad."
     json_loads: JsonLoads = field(default=json.loads, compare=False)
+    admit: Admit | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         validate_settings(self.settings)

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="caller audio held until the agent is ready, in ms (default 5000)")
     add("--mark-interval-ms", type=_non_negative_int, default=500,
         help="a playback mark every N ms of agent audio; 0: only at reply ends (default 500)")
+    add("--require-call-token", action="store_true",
+        help="with TWILIO_AUTH_TOKEN: the webhook adds a per-call token to the TwiML and a "
+        "stream whose start does not carry it back is refused (stops replayed upgrades)")
     add("--max-calls", type=_non_negative_int, default=0,
         help="calls in progress at most; over it callers hear 'busy' (default 0: no limit)")
     add("--log-level", default="INFO", type=str.upper,

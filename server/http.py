@@ -14,6 +14,7 @@ import binascii
 import json
 import logging
 import re
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
@@ -320,6 +321,11 @@ class HttpProtocol(asyncio.Protocol):
         stream_url = public.stream_url if public is not None else f"wss://{host}{MEDIA_STREAM_PATH}"
         values = dict(form)
         parameters = [(name, values[name]) for name in TWIML_PARAMETERS if name in values]
+        if options.require_call_token and options.auth_token:
+            token = signature.issue_call_token(
+                options.auth_token, values.get("CallSid", ""), time.time()
+            )
+            parameters.append((signature.CALL_TOKEN_PARAMETER, token))
         body = twiml_stream(stream_url, parameters).encode("utf-8")
         self._respond(200, body, "text/xml; charset=utf-8")
 

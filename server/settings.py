@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sansio import BridgeConfig, ConfigError
+from server import signature
 
 DEFAULT_AGENT_URL = "wss://agent.deepgram.com/v1/agent/converse"
 LOCAL_AGENT = "local"
@@ -67,6 +68,7 @@ class ServerOptions:
     public_url: PublicURL | None = None
     api_key: str = field(default="", repr=False)
     auth_token: str | None = field(default=None, repr=False)
+    require_call_token: bool = False
     max_calls: int | None = None
     log_level: str = "INFO"
     certfile: str | None = None
@@ -185,6 +187,13 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
             " (or use --agent-url local for a connectivity check)"
         )
     auth_token = env.get("TWILIO_AUTH_TOKEN", "").strip() or None
+    admit = None
+    if args.require_call_token:
+        if not auth_token:
+            raise StartupError(
+                "--require-call-token needs TWILIO_AUTH_TOKEN: the tokens are signed with it"
+            )
+        admit = signature.call_token_admitter(auth_token)
 
     public = args.public_url or env.get("PUBLIC_URL") or None
     public_url = parse_public_url(public) if public else None
@@ -216,6 +225,7 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
             hangup_timeout=args.hangup_timeout,
             dtmf_template=args.dtmf_template,
             json_loads=_json_loads(),
+            admit=admit,
         )
     except ConfigError as exc:
         flag = _FLAG_OF_FIELD.get(exc.field, exc.field)
@@ -231,6 +241,7 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
         public_url=public_url,
         api_key=api_key,
         auth_token=auth_token,
+        require_call_token=admit is not None,
         max_calls=args.max_calls or None,
         log_level=args.log_level,
         certfile=args.certfile,

@@ -12,7 +12,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 _DEFAULT_PORTS = {"https": 443, "wss": 443, "http": 80, "ws": 80}
@@ -84,3 +85,51 @@ def validate(
             data = url + "".join(name + value for name, value in ordered)
             ok |= hmac.compare_digest(_sign(token, data).encode("ascii"), given)
     return ok
+
+
+# ---------------------------------------------------------------- per-call tokens
+# The upgrade signature covers only the wss:// URL, so it is the same for every call: whoever
+# sees one can replay it. With --require-call-token the webhook (signed over the call's own
+# parameters) adds a token bound to the CallSid and the time to the TwiML, and the call is
+# refused at Twilio's start unless the token comes back in customParameters. The token is
+# stateless, so any worker or instance sharing the auth token can check it.
+
+CALL_TOKEN_PARAMETER = "bridgeToken"
+CALL_TOKEN_MAX_AGE = 300.0  # seconds from the webhook to the stream's start
+_CLOCK_SKEW = 30.0  # instances behind one load balancer may disagree a little
+
+
+def _call_token_mac(token: str, call_sid: str, issued: int) -> str:
+    data = f"call-token\n{call_sid}\n{issued}".encode()
+    return hmac.new(token.encode("utf-8"), data, hashlib.sha256).hexdigest()[:32]
+
+
+def issue_call_token(token: str, call_sid: str, now: float) -> str:
+    """The ``bridgeToken`` the webhook puts in the TwiML for ``call_sid`` at wall time ``now``."""
+    issued = int(now)
+    return f"{issued}.{_call_token_mac(token, call_sid, issued)}"
+
+
+def check_call_token(token: str, call_sid: str, value: str | None, now: float) -> str | None:
+    """None if ``value`` is a fresh token issued for ``call_sid``, else why it is not."""
+    if not value:
+        return f"no {CALL_TOKEN_PARAMETER} parameter"
+    issued_text, _, mac = value.partition(".")
+    if not issued_text.isdigit():
+        return f"malformed {CALL_TOKEN_PARAMETER}"
+    issued = int(issued_text)
+    expected = _call_token_mac(token, call_sid, issued)
+    if not hmac.compare_digest(expected.encode(), mac.encode("ascii", "replace")):
+        return f"{CALL_TOKEN_PARAMETER} not issued for this call"
+    if not issued - _CLOCK_SKEW <= now <= issued + CALL_TOKEN_MAX_AGE:
+        return f"{CALL_TOKEN_PARAMETER} expired"
+    return None
+
+
+def call_token_admitter(token: str) -> Callable[[str, Mapping[str, str]], str | None]:
+    """The core's ``admit`` hook that requires a fresh ``bridgeToken`` for the call."""
+
+    def admit(call_sid: str, parameters: Mapping[str, str]) -> str | None:
+        return check_call_token(token, call_sid, parameters.get(CALL_TOKEN_PARAMETER), time.time())
+
+    return admit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import pytest
 
@@ -43,6 +44,7 @@ from sansio import (
 from sansio._bridge import MAX_HELD_DTMF, MAX_PENDING_MARKS
 
 from .helpers import (
+    CALL_SID,
     SETTINGS,
     STREAM_SID,
     Call,
@@ -485,6 +487,27 @@ def test_a_media_format_other_than_mulaw_8k_mono_ends_the_call() -> None:
     end = ended(out)
     assert end.reason is EndReason.PROTOCOL_ERROR and "unsupported media format" in end.detail
     assert not of(OpenAgent, out) and out[-1].code == 1003
+
+
+def test_admit_hook_sees_the_start_and_may_refuse_the_call_before_any_agent_leg() -> None:
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    def admit(call_sid: str, parameters: Mapping[str, str]) -> str | None:
+        seen.append((call_sid, dict(parameters)))
+        return None if parameters.get("token") == "good" else "bad token"
+
+    refused = Call(config(admit=admit))
+    out = refused.twilio(twilio_start({"token": "forged"}))
+    end = ended(out)
+    assert end.reason is EndReason.PROTOCOL_ERROR and end.detail == "call refused: bad token"
+    assert not of(OpenAgent, out) and not of(CallStarted, out)
+    assert out[-1] == CloseTwilio(1008, "protocol_error: call refused: bad token")
+    assert refused.twilio(twilio_media(b"\x00" * 160, 2)) == []  # ended: nothing more
+
+    admitted = Call(config(admit=admit))
+    out = admitted.twilio(twilio_start({"token": "good"}))
+    assert of(OpenAgent, out) and admitted.core.ended is None
+    assert seen == [(CALL_SID, {"token": "forged"}), (CALL_SID, {"token": "good"})]
 
 
 def test_start_without_media_format_or_parameters_is_accepted() -> None:

@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from urllib.parse import parse_qsl, urlencode
+from xml.etree import ElementTree
 
 import pytest
 from twilio.request_validator import RequestValidator
 from websockets.exceptions import InvalidStatus
 
 from server import signature
+from server.settings import StartupError
 from tests.server_support import (
     API_KEY,
+    CALL_SID,
     FakeAgent,
     caller,
     get,
     http,
+    options,
     post_form,
     ready_call,
     run,
     running_server,
+    start,
     stop,
+    until,
 )
 
 TOKEN = "tok-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
@@ -139,6 +146,59 @@ def test_upgrade_accepted_with_correct_signature() -> None:
             await asyncio.wait_for(session.closed.wait(), 1)
 
     run(body())
+
+
+def test_call_token_binds_the_stream_to_the_webhook_that_issued_it() -> None:
+    """--require-call-token: the signed upgrade is the same for every call, so replaying it
+    must not open an agent leg unless the start carries the token this call's webhook issued."""
+    form = {**FORM, "CallSid": CALL_SID}
+    name = signature.CALL_TOKEN_PARAMETER
+
+    async def body() -> None:
+        async with (
+            FakeAgent() as agent,
+            running_server("--require-call-token", agent=agent, env=ENV) as server,
+        ):
+            sig = ORACLE.compute_signature(PUBLIC + "/incoming-call", form)
+            extra = f"X-Twilio-Signature: {sig}\r\n"
+            raw = post_form("/incoming-call", urlencode(form), extra=extra)
+            stream = ElementTree.fromstring((await http(server.port, raw)).text).find(
+                "Connect/Stream"
+            )
+            assert stream is not None
+            issued = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+            token = issued[name]
+            upgrade = {"X-Twilio-Signature": ORACLE.compute_signature(
+                "wss://bridge.example.com/media-stream", {})}  # fmt: skip
+            forged = token[:-1] + ("1" if token.endswith("0") else "0")
+            other_call = signature.issue_call_token(TOKEN, "CAother", time.time())
+            stale = signature.issue_call_token(TOKEN, CALL_SID, time.time() - 3600)
+            for parameters, why in (
+                ({}, "no bridgeToken parameter"),
+                ({name: forged}, "not issued for this call"),
+                ({name: other_call}, "not issued for this call"),
+                ({name: stale}, "expired"),
+                ({name: "junk"}, "malformed"),
+            ):
+                ws = await caller(server, headers=upgrade)
+                await ws.send(start(parameters))
+                await asyncio.wait_for(ws.wait_closed(), 2)
+                assert ws.close_code == 1008 and why in (ws.close_reason or ""), ws.close_reason
+            assert agent.sessions == [], "a refused call opened an agent leg"
+            assert server.metrics.calls_ended["protocol_error"] == 5
+            ws = await caller(server, headers=upgrade)
+            await ws.send(start(issued))  # Twilio sends every <Parameter> back in start
+            session = await agent.session()
+            await until(lambda: session.applied_at is not None, what="the admitted call's agent")
+            await ws.send(stop())
+            await asyncio.wait_for(session.closed.wait(), 1)
+
+    run(body())
+
+
+def test_call_token_needs_the_auth_token() -> None:
+    with pytest.raises(StartupError, match="--require-call-token needs TWILIO_AUTH_TOKEN"):
+        options("--require-call-token")
 
 
 def test_secrets_never_logged(caplog: pytest.LogCaptureFixture) -> None:
