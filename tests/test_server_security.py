@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import time
 from urllib.parse import parse_qsl, urlencode
 from xml.etree import ElementTree
@@ -194,6 +196,35 @@ def test_call_token_binds_the_stream_to_the_webhook_that_issued_it() -> None:
             await asyncio.wait_for(session.closed.wait(), 1)
 
     run(body())
+
+
+def test_simulator_follows_the_webhook_like_twilio_and_passes_the_call_token() -> None:
+    """The caller CLI with --webhook: signed POST, TwiML parsed, its parameters sent back."""
+
+    async def body() -> None:
+        async with (
+            FakeAgent() as agent,
+            running_server("--require-call-token", agent=agent, env=ENV) as server,
+        ):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "server.peers.caller",
+                f"ws://127.0.0.1:{server.port}/media-stream", "--speed", "50",
+                "--auth-token-env", "SIMULATOR_TOKEN",
+                "--webhook", f"http://127.0.0.1:{server.port}/incoming-call",
+                "--signed-webhook-url", PUBLIC + "/incoming-call",
+                env={**os.environ, "SIMULATOR_TOKEN": TOKEN},
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+            assert proc.returncode == 0, err.decode()[-500:]
+            assert "webhook: stream wss://bridge.example.com/media-stream" in out.decode()
+            assert "bridgeToken" in out.decode()
+            [session] = agent.sessions
+            assert session.applied_at is not None and len(session.audio) > 0
+            await until(lambda: not server.calls, what="the call ended")
+            assert server.metrics.calls_ended == {"hangup": 1}
+
+    run(body(), timeout=40)
 
 
 def test_call_token_needs_the_auth_token() -> None:

@@ -24,12 +24,15 @@ import os
 import secrets
 import sys
 import time
+import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlencode
+from xml.etree import ElementTree
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
@@ -66,6 +69,43 @@ def twilio_signature(auth_token: str, url: str, params: Mapping[str, str] | None
 
 def _random_sid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class Twiml:
+    """What a bridge's webhook answered: the ``<Stream>`` URL and its ``<Parameter>``s."""
+
+    stream_url: str
+    parameters: dict[str, str]
+
+
+def fetch_twiml(
+    webhook_url: str,
+    form: Mapping[str, str],
+    *,
+    auth_token: str | None = None,
+    signed_url: str | None = None,
+    timeout: float = 10.0,
+) -> Twiml:
+    """POST Twilio's call parameters to a bridge's webhook, as Twilio does when a call comes in,
+    and read the ``<Connect><Stream>`` back. ``auth_token`` signs the request over
+    ``signed_url`` (default ``webhook_url``): the public URL configured in Twilio's console.
+    Blocking (urllib); call it through ``asyncio.to_thread`` from async code."""
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if auth_token is not None:
+        headers["X-Twilio-Signature"] = twilio_signature(
+            auth_token, signed_url or webhook_url, form
+        )
+    request = urllib.request.Request(
+        webhook_url, data=urlencode(form).encode(), headers=headers, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        body = response.read()
+    stream = ElementTree.fromstring(body).find("Connect/Stream")
+    if stream is None or not stream.get("url"):
+        raise ValueError("the webhook's TwiML has no <Connect><Stream url=...>")
+    parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+    return Twiml(stream.get("url", ""), parameters)
 
 
 def _fields_problem(where: str, value: object, expected: frozenset[str]) -> str | None:
@@ -643,6 +683,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--auth-token-env", metavar="NAME", help="sign with the token in $NAME")
     parser.add_argument("--signed-url", help="public wss:// URL Twilio would sign (default: url)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
+        "--webhook",
+        metavar="URL",
+        help="first POST the call to this webhook, as Twilio does, and stream with the "
+        "<Parameter>s of its TwiML (signed with --auth-token-env; the upgrade is then signed "
+        "over the TwiML's Stream URL unless --signed-url says otherwise)",
+    )
+    parser.add_argument(
+        "--signed-webhook-url", help="public URL Twilio would sign the webhook for"
+    )
     parser.add_argument("--speed", type=float, default=1.0, help="media clock speed-up")
     parser.add_argument("--wav", help="save what the caller heard to this WAV file")
     args = parser.parse_args(argv)
@@ -655,12 +705,28 @@ def main(argv: list[str] | None = None) -> int:
         params = _parse_params(args.param)
     except ValueError as exc:
         parser.error(str(exc))
+    call_sid = _random_sid("CA")
+    signed_url = args.signed_url
+    if args.webhook:
+        form = {"CallSid": call_sid, "AccountSid": _random_sid("AC"), "From": "+15550100",
+                "To": "+15550199", "Direction": "inbound", "CallStatus": "ringing"}  # fmt: skip
+        try:
+            twiml = fetch_twiml(
+                args.webhook, form, auth_token=auth_token, signed_url=args.signed_webhook_url
+            )
+        except (OSError, ValueError, ElementTree.ParseError) as exc:
+            print(f"webhook failed: {exc}", file=sys.stderr)
+            return 2
+        params = {**twiml.parameters, **params}
+        signed_url = signed_url or twiml.stream_url
+        print(f"webhook: stream {twiml.stream_url} with parameters {sorted(twiml.parameters)}")
     caller = TwilioCaller(
         args.url,
         auth_token=auth_token,
-        signed_url=args.signed_url,
+        signed_url=signed_url,
         custom_parameters=params,
         speed=args.speed,
+        call_sid=call_sid,
     )
     try:
         figures = asyncio.run(_run_cli(caller, args.wav))
