@@ -190,15 +190,9 @@ class CallDriver:
         dispatch = self._dispatch
         try:
             while True:
-                actions = core.actions()
-                if not actions:
-                    break
-                for action in actions:
-                    handler = dispatch.get(type(action))
-                    if handler is None:
-                        self._unknown_action(action)
-                    else:
-                        handler(action)
+                # What the WebSocket layer queued (pongs and close replies from the input, then
+                # what the last actions sent) goes out first: the write cap may end the call,
+                # and the actions that follow from that are carried out in this same pump.
                 out = ws.take_output()
                 if out and not transport.is_closing():
                     transport.write(out)
@@ -209,9 +203,15 @@ class CallDriver:
                             f"caller not reading: {size} bytes unsent",
                             self.loop.time(),
                         )
-            out = ws.take_output()  # pongs or a close reply produced without any action
-            if out and not transport.is_closing():
-                transport.write(out)
+                actions = core.actions()
+                if not actions:
+                    break
+                for action in actions:
+                    handler = dispatch.get(type(action))
+                    if handler is None:
+                        self._unknown_action(action)
+                    else:
+                        handler(action)
             agent = self.agent
             if agent is not None:
                 agent.flush()

@@ -369,6 +369,38 @@ async def _ping_flood(server: Server, agent: FakeAgent, proxy: AgentProxy) -> No
     await asyncio.wait_for(session.closed.wait(), 2)
 
 
+async def _ping_flood_never_reading_the_pongs(
+    server: Server, agent: FakeAgent, proxy: AgentProxy
+) -> None:
+    """Pongs count against the write cap like audio: unread, they end the call."""
+    before = len(agent.sessions)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(
+        b"GET /media-stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await reader.readuntil(b"\r\n\r\n")
+    payload = start(stream_sid="MZbad").encode()
+    writer.write(struct.pack("!BBH", 0x81, 0xFE, len(payload)) + b"\0\0\0\0" + payload)
+    session = await _agent_session_of_new_call(agent, before)
+    writer.transport.pause_reading()  # from now on, nothing the server sends is read
+    pings = (b"\x89\xfd\0\0\0\0" + b"p" * 125) * 1000
+    t0 = time.monotonic()
+    with contextlib.suppress(ConnectionError):
+        for _ in range(300):  # up to 40 MB of pings, ~38 MB of pongs nobody reads
+            if session.closed.is_set():
+                break
+            writer.write(pings)
+            await writer.drain()
+    await asyncio.wait_for(session.closed.wait(), 5)
+    assert time.monotonic() - t0 < 10, "the unread pongs were buffered for too long"
+    writer.transport.abort()
+
+
 async def _upgrade_one_byte_at_a_time(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
     before = len(agent.sessions)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -483,6 +515,11 @@ CASES: dict[str, tuple[Case, tuple[str, ...], str]] = {
     "twilio oversized frame": (twilio_case("x" * 200_000), ("protocol_error",), "1009"),
     "twilio fragmented message": (_fragmented_stop, ("hangup",), "hung up (stop)"),
     "twilio ping flood": (_ping_flood, ("hangup",), "hung up (stop)"),
+    "twilio ping flood never reading the pongs": (
+        _ping_flood_never_reading_the_pongs,
+        ("timeout",),
+        "caller not reading",
+    ),
     "twilio upgrade one byte at a time": (
         _upgrade_one_byte_at_a_time,
         ("hangup",),
