@@ -39,7 +39,7 @@ class Server:
         self.loop = asyncio.get_running_loop()
         self.calls: set[CallDriver] = set()
         self.connections: set[HttpProtocol] = set()
-        self.metrics = Metrics(lambda: len(self.calls))
+        self.metrics = Metrics(lambda: sum(1 for call in self.calls if call.stream_sid))
         self.tools = tools if tools is not None else ToolRegistry(timeout=options.tool_timeout)
         self.draining = False
         self.debug = log.isEnabledFor(logging.DEBUG)

@@ -355,16 +355,32 @@ class CallDriver:
 
     def _on_call_ended(self, notice: CallEnded) -> None:
         reason = notice.reason
-        self.metrics.call_ended(reason.value)
-        if reason in _AGENT_ERRORS:
-            self.metrics.agent_errors += 1
         stats = notice.stats
-        duration = self.loop.time() - self.started_at
+        metrics = self.metrics
+        metrics.preroll_dropped_bytes += stats.preroll_dropped_bytes
+        metrics.undecodable_media += stats.undecodable_media
+        metrics.ignored_messages += stats.ignored_messages
         level = logging.INFO if reason is not EndReason.PROTOCOL_ERROR else logging.WARNING
+        if not self.stream_sid:  # no valid start: the stream never became a call
+            metrics.call_rejected("no_start")
+            log.log(
+                level,
+                "stream ended before a valid start peer=%s reason=%s detail=%r ignored=%d",
+                self.peer or "-",
+                reason.value,
+                notice.detail,
+                stats.ignored_messages,
+            )
+            return
+        metrics.call_ended(reason.value)
+        if reason in _AGENT_ERRORS:
+            metrics.agent_errors += 1
+        duration = self.loop.time() - self.started_at
         log.log(
             level,
             "call ended callSid=%s streamSid=%s duration=%.1fs reason=%s detail=%r"
-            " caller_bytes=%d agent_bytes=%d barge_ins=%d replies=%d",
+            " caller_bytes=%d agent_bytes=%d barge_ins=%d replies=%d"
+            " preroll_dropped=%d undecodable=%d ignored=%d",
             self.call_sid or "-",
             self.stream_sid or "-",
             duration,
@@ -374,6 +390,9 @@ class CallDriver:
             stats.agent_audio_bytes_received,
             stats.barge_ins,
             stats.replies,
+            stats.preroll_dropped_bytes,
+            stats.undecodable_media,
+            stats.ignored_messages,
         )
 
     def _on_transcript(self, notice: Transcript) -> None:

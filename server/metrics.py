@@ -59,6 +59,9 @@ class Metrics:
         self.agent_errors = 0
         self.agent_warnings = 0
         self.tool_calls = 0
+        self.preroll_dropped_bytes = 0
+        self.undecodable_media = 0
+        self.ignored_messages = 0
         self.tool_errors = 0
         self.http_responses: dict[int, int] = {}
         self.added_latency = Histogram(LATENCY_BUCKETS)
@@ -89,12 +92,13 @@ class Metrics:
                [("", round(self.uptime(), 3))])
         metric("calls_started_total", "counter", "Calls whose Twilio stream started.",
                [("", self.calls_started)])
-        metric("calls_active", "gauge", "Calls in progress (open media-stream WebSockets).",
+        metric("calls_active", "gauge", "Calls started and not yet ended.",
                [("", self.active_calls())])
         metric("calls_ended_total", "counter", "Calls that ended, by end reason.",
                [(f'{{reason="{_label(r)}"}}', n) for r, n in sorted(self.calls_ended.items())])
         metric("calls_rejected_total", "counter",
-               "Requests refused before a call could start, by reason.",
+               "Requests and streams that never became a call, by reason (no_start: the "
+               "media stream ended before a valid start).",
                [(f'{{reason="{_label(r)}"}}', n) for r, n in sorted(self.calls_rejected.items())])
         metric("audio_bytes_total", "counter", "Mu-law audio bytes bridged, by direction.",
                [('{direction="caller_to_agent"}', self.caller_audio_bytes),
@@ -106,6 +110,15 @@ class Metrics:
                [("", self.agent_errors)])
         metric("agent_warnings_total", "counter", "Warning messages from the agent.",
                [("", self.agent_warnings)])
+        metric("preroll_dropped_bytes_total", "counter",
+               "Caller audio dropped, oldest first, from the pre-roll held until SettingsApplied.",
+               [("", self.preroll_dropped_bytes)])
+        metric("undecodable_media_total", "counter",
+               "Twilio media messages dropped because their payload was not valid base64.",
+               [("", self.undecodable_media)])
+        metric("ignored_messages_total", "counter",
+               "Peer messages tolerated and dropped (unknown events, media before start, ...).",
+               [("", self.ignored_messages)])
         metric("tool_calls_total", "counter", "Client-side tool calls run by the server.",
                [("", self.tool_calls)])
         metric("tool_errors_total", "counter", "Tool calls that failed, timed out or were unknown.",

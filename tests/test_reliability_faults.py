@@ -328,11 +328,17 @@ async def _disconnect_without_stop(server: Server, agent: FakeAgent, proxy: Agen
 
 
 async def _stop_without_start(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    """A stream that never starts is no call: /metrics counts it apart (no_start)."""
+    started = await metric(server, "calls_started_total")
+    no_start = await metric(server, 'calls_rejected_total{reason="no_start"}')
     before = len(agent.sessions)
     ws = await caller(server)
     await ws.send(stop(stream_sid="MZbad"))
     await closed_within(ws, 2)
     assert len(agent.sessions) == before, "no agent leg for a call that never started"
+    await until(lambda: len(server.calls) == 1, what="the stream gone")
+    assert await metric(server, "calls_started_total") == started
+    assert await metric(server, 'calls_rejected_total{reason="no_start"}') == no_start + 1
 
 
 async def _media_before_start(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
@@ -536,8 +542,9 @@ def test_fault_is_contained(name: str, caplog: pytest.LogCaptureFixture) -> None
     caplog.set_level(logging.INFO, logger="server")
 
     async def ended(server: Server) -> float:
+        """Streams that ended: calls by reason, and streams that never started a call."""
         counts = [await metric(server, f'calls_ended_total{{reason="{r}"}}') for r in reasons]
-        return sum(counts)
+        return sum(counts) + await metric(server, 'calls_rejected_total{reason="no_start"}')
 
     async def body() -> None:
         async with (
@@ -555,7 +562,7 @@ def test_fault_is_contained(name: str, caplog: pytest.LogCaptureFixture) -> None
             if reasons:
                 await until(lambda: len(server.calls) == 1, timeout=3, what="the bad call gone")
                 assert await ended(server) == counted + 1, f"/metrics did not count {reasons}"
-                lines = [r.getMessage() for r in caplog.records if "call ended" in r.getMessage()]
+                lines = [r.getMessage() for r in caplog.records if " ended " in r.getMessage()]
                 assert any(f"reason={r}" in line for line in lines for r in reasons), lines
                 assert any(log_text in r.getMessage() for r in caplog.records), log_text
             await innocent.ws.send(stop(stream_sid="MZinnocent"))

@@ -307,7 +307,11 @@ def test_bad_input_leaves_concurrent_call_untouched(loop: str) -> None:
             await _closed_within(good, 2)
             await until(lambda: not server.calls, what="all calls removed")
             assert agent.open_connections == 0
-            assert server.metrics.calls_ended.get("protocol_error") == 3
+            assert server.metrics.calls_ended.get("protocol_error") == 2  # 1. and 4.
+            assert server.metrics.calls_rejected == {"no_start": 1}  # 2. never started
+            assert server.metrics.calls_started == sum(server.metrics.calls_ended.values())
+            assert server.metrics.undecodable_media == 3  # the three broken media in 3.
+            assert server.metrics.ignored_messages >= 1  # the unknown event in 3.
 
     run(body(), timeout=40, loop=loop)
 

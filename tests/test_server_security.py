@@ -187,7 +187,8 @@ def test_call_token_binds_the_stream_to_the_webhook_that_issued_it() -> None:
                 await asyncio.wait_for(ws.wait_closed(), 2)
                 assert ws.close_code == 1008 and why in (ws.close_reason or ""), ws.close_reason
             assert agent.sessions == [], "a refused call opened an agent leg"
-            assert server.metrics.calls_ended["protocol_error"] == 5
+            assert server.metrics.calls_rejected == {"no_start": 5}  # none became a call
+            assert server.metrics.calls_started == 0 and server.metrics.calls_ended == {}
             ws = await caller(server, headers=upgrade)
             await ws.send(start(issued))  # Twilio sends every <Parameter> back in start
             session = await agent.session()
