@@ -68,17 +68,23 @@ class Server:
             return HttpProtocol(self)
 
         options = self.options
+        # A TLS handshake that stalls is cut off like a slow request (asyncio's default is 60 s).
+        tls: dict[str, Any] = (
+            {"ssl": self._ssl, "ssl_handshake_timeout": options.request_timeout}
+            if self._ssl is not None
+            else {}
+        )
         try:
             if sock is not None:
-                srv = await self.loop.create_server(factory, sock=sock, ssl=self._ssl, backlog=1024)
+                srv = await self.loop.create_server(factory, sock=sock, backlog=1024, **tls)
             else:
                 srv = await self.loop.create_server(
                     factory,
                     options.host,
                     options.port,
-                    ssl=self._ssl,
                     backlog=1024,
                     reuse_port=options.reuse_port or options.workers > 1 or None,
+                    **tls,
                 )
         except OSError as exc:
             where = f"{options.host}:{options.port}"

@@ -4,9 +4,11 @@ RequestValidator as the oracle), --max-calls under a burst, and TLS serving wss:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import ssl
 import subprocess
+import time
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -143,8 +145,16 @@ def test_tls_mode_serves_wss(tmp_path: Path) -> None:
     trust = ssl.create_default_context(cafile=str(cert))
 
     async def body() -> None:
-        flags = ("--certfile", str(cert), "--keyfile", str(key))
+        flags = ("--certfile", str(cert), "--keyfile", str(key), "--request-timeout", "1")
         async with FakeAgent() as agent, running_server(*flags, agent=agent) as server:
+            # A client that never finishes the TLS handshake is cut off at --request-timeout.
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
+            t0 = time.monotonic()
+            with contextlib.suppress(ConnectionError):
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+            assert time.monotonic() - t0 < 3, "a stalled TLS handshake was held open"
+            writer.close()
             url = f"wss://127.0.0.1:{server.port}/media-stream"
             async with connect(url, ssl=trust, compression=None) as ws:
                 await ws.send(start())
