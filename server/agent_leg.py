@@ -231,6 +231,7 @@ class AgentLeg:
         driver = self._driver
         code: int | None = None
         reason = ""
+        failure: tuple[int, str] | None = None
         try:
             try:
                 ws = await connect(self._url, **self._options)
@@ -259,6 +260,15 @@ class AgentLeg:
                 pass
             code = ws.close_code
             reason = ws.close_reason or ""
+            protocol = ws.protocol
+            sent = protocol.close_sent
+            if (
+                sent is not None
+                and sent.code != 1000
+                and not protocol.close_rcvd_then_sent  # not the echo of the agent's close
+                and self._close_request is None  # nor a close the call asked for
+            ):
+                failure = (sent.code, sent.reason)  # websockets failed it: say why, not "1006"
         except asyncio.CancelledError:
             reason = reason or "cancelled"
             if self.ws is not None:
@@ -268,7 +278,7 @@ class AgentLeg:
                 self._writer.cancel()
             self.queue.clear()
             self.queued = 0
-            driver.agent_closed(None if code == 1006 else code, reason)
+            driver.agent_closed(None if code == 1006 else code, reason, failure)
 
     async def _write(self, ws: ClientConnection) -> None:
         queue = self.queue

@@ -54,6 +54,7 @@ log = logging.getLogger("server.call")
 _AGENT_OPEN = frozenset({AgentState.AWAITING_WELCOME, AgentState.CONFIGURING, AgentState.READY})
 _TWILIO_CLOSED = TwilioState.CLOSED
 _AGENT_ERRORS = frozenset({EndReason.AGENT_ERROR, EndReason.AGENT_UNREACHABLE})
+_PEER_FAULTS = frozenset({1002, 1003, 1007, 1009})  # close codes that blame the peer's frames
 
 
 class CallDriver:
@@ -162,8 +163,19 @@ class CallDriver:
             core.agent_audio(message, self.loop.time())  # type: ignore[arg-type]
         self._pump()
 
-    def agent_closed(self, code: int | None, reason: str) -> None:
-        self.core.agent_closed(code, self.loop.time(), reason)
+    def agent_closed(
+        self, code: int | None, reason: str, failure: tuple[int, str] | None = None
+    ) -> None:
+        """The agent leg is gone; ``failure`` is the close the client itself sent, when the
+        agent broke the WebSocket protocol (a message over the size limit, a bad frame)."""
+        core = self.core
+        now = self.loop.time()
+        if failure is not None:
+            failed_code, why = failure
+            blame = failed_code in _PEER_FAULTS
+            kind = EndReason.PROTOCOL_ERROR if blame else EndReason.AGENT_ERROR
+            core.end(kind, f"agent WebSocket: {why} (closed {failed_code})", now)
+        core.agent_closed(code, now, reason)
         self._pump()
 
     # ------------------------------------------------------------------ server decisions

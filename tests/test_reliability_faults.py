@@ -493,6 +493,11 @@ CASES: dict[str, tuple[Case, tuple[str, ...], str]] = {
         ("protocol_error",),
         "not JSON",
     ),
+    "agent sends a message over the size limit": (
+        agent_case(lambda s: s.send(b"\x7f" * (2 << 20))),
+        ("protocol_error",),
+        "(closed 1009)",
+    ),
     "agent sends binary before SettingsApplied": (
         _agent_binary_before_settings_applied,
         ("protocol_error",),
