@@ -107,10 +107,51 @@ def validate_settings(settings: object) -> None:
     agent = settings.get("agent")
     if not isinstance(agent, Mapping | str) or not agent:
         raise ConfigError("settings.agent", "is required: an object, or a stored agent id")
+    if isinstance(agent, Mapping):
+        _check_agent(agent)
     try:
         json.dumps(settings)
     except (TypeError, ValueError) as exc:
         raise ConfigError("settings", f"is not JSON-serialisable: {exc}") from None
+
+
+def _check_agent(agent: Mapping[str, Any]) -> None:
+    """The shape the v1 schema fixes for ``agent``, so a mistake is named at startup rather than
+    by a Deepgram ``Error`` on every call. Values (models, voices, prompts) are the agent's
+    business; ``think`` and ``speak`` may be lists (ordered fallbacks)."""
+    for section in ("listen", "think", "speak"):
+        if section not in agent:
+            continue
+        value = agent[section]
+        many = section != "listen" and isinstance(value, list)
+        entries = value if many else [value]
+        if not entries:
+            raise ConfigError(f"settings.agent.{section}", "must not be an empty list")
+        for index, entry in enumerate(entries):
+            where = f"settings.agent.{section}" + (f"[{index}]" if many else "")
+            if not isinstance(entry, Mapping):
+                raise ConfigError(where, "must be an object")
+            provider = entry.get("provider")
+            if not isinstance(provider, Mapping) or not isinstance(provider.get("type"), str):
+                raise ConfigError(f"{where}.provider", 'must be an object with a "type" (v1)')
+            if section == "think":
+                _check_think(entry, where)
+    if not isinstance(agent.get("greeting", ""), str):
+        raise ConfigError("settings.agent.greeting", "must be a string")
+
+
+def _check_think(think: Mapping[str, Any], where: str) -> None:
+    for old, new in (("model", "provider.model"), ("instructions", "prompt")):
+        if old in think:
+            raise ConfigError(f"{where}.{old}", f"is the pre-v1 schema: use {where}.{new}")
+    if not isinstance(think.get("prompt", ""), str):
+        raise ConfigError(f"{where}.prompt", "must be a string")
+    functions = think.get("functions", [])
+    if not isinstance(functions, list):
+        raise ConfigError(f"{where}.functions", "must be a list of function objects")
+    for index, function in enumerate(functions):
+        if not isinstance(function, Mapping) or not function.get("name"):
+            raise ConfigError(f"{where}.functions[{index}]", 'must be an object with a "name"')
 
 
 def fill_placeholders(value: Any, parameters: Mapping[str, str]) -> Any:

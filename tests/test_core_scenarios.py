@@ -758,6 +758,31 @@ def test_driver_misuse_raises_local_protocol_errors() -> None:
             "settings.audio.output.container",
         ),
         (lambda s: s.__setitem__("agent", ""), "settings.agent"),
+        (lambda s: s["agent"].__setitem__("listen", "nova-3"), "settings.agent.listen"),
+        (lambda s: s["agent"]["speak"].pop("provider"), "settings.agent.speak.provider"),
+        (lambda s: s["agent"].__setitem__("speak", []), "settings.agent.speak"),
+        (
+            lambda s: s["agent"].__setitem__("speak", [s["agent"]["speak"], {"provider": {}}]),
+            "settings.agent.speak[1].provider",
+        ),
+        (
+            lambda s: s["agent"]["think"].__setitem__("model", "gpt-4o"),
+            "settings.agent.think.model",
+        ),
+        (
+            lambda s: s["agent"]["think"].__setitem__("instructions", "be nice"),
+            "settings.agent.think.instructions",
+        ),
+        (lambda s: s["agent"]["think"].__setitem__("prompt", 42), "settings.agent.think.prompt"),
+        (
+            lambda s: s["agent"]["think"].__setitem__("functions", {"a": 1}),
+            "settings.agent.think.functions",
+        ),
+        (
+            lambda s: s["agent"]["think"].__setitem__("functions", ["end_call"]),
+            "settings.agent.think.functions[0]",
+        ),
+        (lambda s: s["agent"].__setitem__("greeting", ["hi"]), "settings.agent.greeting"),
         (lambda s: s.__setitem__("tags", {1, 2}), "settings"),
     ],
 )
@@ -785,6 +810,20 @@ def test_bridge_options_are_validated(option: str, value: object) -> None:
     with pytest.raises(ConfigError) as info:
         config(**{option: value})
     assert info.value.field == option
+
+
+def test_settings_accept_the_v1_variants() -> None:
+    """A stored agent id, fallback lists for think and speak, client-side functions, and a
+    section left out (Deepgram's default)."""
+    config(settings={**SETTINGS, "agent": "agent-id-1234"})
+    settings = json.loads(json.dumps(SETTINGS))
+    agent = settings["agent"]
+    del agent["listen"]
+    agent["think"]["functions"] = [{"name": "lookup", "description": "d", "parameters": {}}]
+    agent["think"] = [agent["think"], {**agent["think"], "provider": {"type": "anthropic"}}]
+    agent["speak"] = [agent["speak"], {"provider": {"type": "eleven_labs"}, "endpoint": {}}]
+    accepted = config(settings=settings).settings["agent"]
+    assert accepted["think"][1]["provider"]["type"] == "anthropic"
 
 
 def test_settings_must_be_an_object() -> None:

@@ -84,6 +84,9 @@ def test_env_file_is_read_and_does_not_override(tmp_path: Path) -> None:
             "input": {"encoding": "mulaw", "sample_rate": 16000},
             "output": {"encoding": "mulaw", "sample_rate": 8000}}, "agent": {}}),
          "settings.audio.input.sample_rate"),
+        (json.dumps({**json.loads(CONFIG.read_text()), "agent": {
+            "think": {"provider": {"type": "open_ai"}, "functions": {"a": 1}}}}),
+         "settings.agent.think.functions"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path: Path, content: str, expected: str) -> None:
