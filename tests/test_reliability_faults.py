@@ -250,18 +250,33 @@ def twilio_case(*messages: str | bytes, expect_close: bool = True) -> Case:
     return case
 
 
-async def _drop(server: Server, agent: FakeAgent, *, reset: bool) -> None:
+async def _raw_call(
+    server: Server, agent: FakeAgent, rcvbuf: int | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, AgentSession]:
+    """A caller on a plain socket (hand-made frames, any misbehaviour possible): upgraded,
+    started, and its agent leg ready. ``rcvbuf`` shrinks its receive buffer."""
     before = len(agent.sessions)
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
     writer.write(
-        f"GET /media-stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        b"GET /media-stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     await reader.readuntil(b"\r\n\r\n")
     payload = start(stream_sid="MZbad").encode()
     writer.write(struct.pack("!BBH", 0x81, 0xFE, len(payload)) + b"\0\0\0\0" + payload)
-    session = await _agent_session_of_new_call(agent, before)
+    return reader, writer, await _agent_session_of_new_call(agent, before)
+
+
+PINGS = (b"\x89\xfd\0\0\0\0" + b"p" * 125) * 1000  # a thousand masked pings, 131 kB
+
+
+async def _drop(server: Server, agent: FakeAgent, *, reset: bool) -> None:
+    _, writer, session = await _raw_call(server, agent)
     sock = writer.get_extra_info("socket")
     if reset:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -379,28 +394,14 @@ async def _ping_flood_never_reading_the_pongs(
     server: Server, agent: FakeAgent, proxy: AgentProxy
 ) -> None:
     """Pongs count against the write cap like audio: unread, they end the call."""
-    before = len(agent.sessions)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
-    reader, writer = await asyncio.open_connection(sock=sock)
-    writer.write(
-        b"GET /media-stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    await reader.readuntil(b"\r\n\r\n")
-    payload = start(stream_sid="MZbad").encode()
-    writer.write(struct.pack("!BBH", 0x81, 0xFE, len(payload)) + b"\0\0\0\0" + payload)
-    session = await _agent_session_of_new_call(agent, before)
+    _, writer, session = await _raw_call(server, agent, rcvbuf=4096)
     writer.transport.pause_reading()  # from now on, nothing the server sends is read
-    pings = (b"\x89\xfd\0\0\0\0" + b"p" * 125) * 1000
     t0 = time.monotonic()
     with contextlib.suppress(ConnectionError):
         for _ in range(300):  # up to 40 MB of pings, ~38 MB of pongs nobody reads
             if session.closed.is_set():
                 break
-            writer.write(pings)
+            writer.write(PINGS)
             await writer.drain()
     await asyncio.wait_for(session.closed.wait(), 5)
     assert time.monotonic() - t0 < 10, "the unread pongs were buffered for too long"
@@ -631,3 +632,36 @@ def test_agent_leg_that_ignores_the_close_is_gone_within_2s_of_the_caller() -> N
             await until(lambda: not server.calls, what="the call gone")
 
     run(body(), timeout=20)
+
+
+def test_a_caller_sending_flat_out_yields_the_loop_after_each_big_read() -> None:
+    """Fairness: after a read of FAIR_READ_BYTES or more a call stops reading until the loop's
+    next pass, so one flooding caller cannot starve the other calls and /healthz (uvloop would
+    otherwise read its socket again and again in one pass). Nothing is lost by it."""
+
+    async def body() -> None:
+        async with FakeAgent() as agent, running_server(agent=agent) as server:
+            reader, writer, session = await _raw_call(server, agent)
+            [protocol] = [c for c in server.connections if c.call is not None]
+            transport = protocol.transport
+            assert transport is not None
+            pauses: list[float] = []
+            pause_reading = transport.pause_reading
+
+            def counting_pause() -> None:
+                pauses.append(time.monotonic())
+                pause_reading()
+
+            transport.pause_reading = counting_pause  # type: ignore[method-assign]
+            writer.write(PINGS * 4)  # 524 kB in one go: the server's reads come back full
+            pong = b"\x8a\x7d" + b"p" * 125
+            assert await asyncio.wait_for(reader.readexactly(4000 * len(pong)), 10) == pong * 4000
+            assert len(pauses) >= 2, "big reads did not yield the loop"
+            assert transport.is_reading(), "reading was not resumed"
+            payload = stop(stream_sid="MZbad").encode()
+            writer.write(struct.pack("!BBH", 0x81, 0xFE, len(payload)) + b"\0\0\0\0" + payload)
+            await asyncio.wait_for(session.closed.wait(), 2)  # the call still hears its caller
+            assert server.metrics.calls_ended == {"hangup": 1}
+            writer.close()
+
+    run(body(), timeout=30)
