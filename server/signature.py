@@ -112,6 +112,8 @@ def issue_call_token(token: str, call_sid: str, now: float) -> str:
 
 def check_call_token(token: str, call_sid: str, value: str | None, now: float) -> str | None:
     """None if ``value`` is a fresh token issued for ``call_sid``, else why it is not."""
+    if not call_sid:
+        return "no callSid to check the token against"
     if not value:
         return f"no {CALL_TOKEN_PARAMETER} parameter"
     issued_text, _, mac = value.partition(".")

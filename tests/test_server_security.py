@@ -228,6 +228,16 @@ def test_simulator_follows_the_webhook_like_twilio_and_passes_the_call_token() -
     run(body(), timeout=40)
 
 
+def test_call_token_checks() -> None:
+    now = time.time()
+    token = signature.issue_call_token(TOKEN, CALL_SID, now)
+    assert signature.check_call_token(TOKEN, CALL_SID, token, now + 299) is None
+    assert signature.check_call_token(TOKEN, CALL_SID, token, now + 301) == "bridgeToken expired"
+    assert signature.check_call_token("other-token", CALL_SID, token, now) is not None
+    unbound = signature.issue_call_token(TOKEN, "", now)  # a webhook without CallSid
+    assert signature.check_call_token(TOKEN, "", unbound, now) is not None
+
+
 def test_call_token_needs_the_auth_token() -> None:
     with pytest.raises(StartupError, match="--require-call-token needs TWILIO_AUTH_TOKEN"):
         options("--require-call-token")
