@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from bench.loadgen import GUID, server_frame
+from bench.loadgen import GUID, client_frame, server_frame
 from server.app import Server
 
 from .server_support import (
@@ -267,12 +267,11 @@ async def _raw_call(
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     await reader.readuntil(b"\r\n\r\n")
-    payload = start(stream_sid="MZbad").encode()
-    writer.write(struct.pack("!BBH", 0x81, 0xFE, len(payload)) + b"\0\0\0\0" + payload)
+    writer.write(client_frame(start(stream_sid="MZbad").encode()))
     return reader, writer, await _agent_session_of_new_call(agent, before)
 
 
-PINGS = (b"\x89\xfd\0\0\0\0" + b"p" * 125) * 1000  # a thousand masked pings, 131 kB
+PINGS = client_frame(b"p" * 125, 0x9) * 1000  # a thousand masked pings, 131 kB
 
 
 async def _drop(server: Server, agent: FakeAgent, *, reset: bool) -> None:
@@ -654,12 +653,11 @@ def test_a_caller_sending_flat_out_yields_the_loop_after_each_big_read() -> None
 
             transport.pause_reading = counting_pause  # type: ignore[method-assign]
             writer.write(PINGS * 4)  # 524 kB in one go: the server's reads come back full
-            pong = b"\x8a\x7d" + b"p" * 125
+            pong = server_frame(b"p" * 125, 0xA)
             assert await asyncio.wait_for(reader.readexactly(4000 * len(pong)), 10) == pong * 4000
             assert len(pauses) >= 2, "big reads did not yield the loop"
             assert transport.is_reading(), "reading was not resumed"
-            payload = stop(stream_sid="MZbad").encode()
-            writer.write(struct.pack("!BBH", 0x81, 0xFE, len(payload)) + b"\0\0\0\0" + payload)
+            writer.write(client_frame(stop(stream_sid="MZbad").encode()))
             await asyncio.wait_for(session.closed.wait(), 2)  # the call still hears its caller
             assert server.metrics.calls_ended == {"hangup": 1}
             writer.close()
