@@ -106,13 +106,19 @@ def _either(*checks: Check) -> Check:
     return check
 
 
-def _tagged(tag: str, variants: Mapping[str, Check], default: str | None = None) -> Check:
-    """A union told apart by ``tag`` (``type`` for providers, ``version`` for listen)."""
+def _tagged(
+    tag: str,
+    variants: Mapping[str, Check],
+    default: str | None = None,
+    name: Callable[[object], object] | None = None,
+) -> Check:
+    """A union told apart by ``tag`` (``type`` for providers, ``version`` for listen), or by
+    ``name(value of tag)`` when the tag is not itself the variant's name."""
 
     def check(value: object, path: str) -> str | None:
         if not isinstance(value, dict):
             return path
-        kind = value.get(tag, default)
+        kind = name(value.get(tag)) if name is not None else value.get(tag, default)
         variant = variants.get(kind) if isinstance(kind, str) else None
         return path if variant is None else variant(value, path)
 
@@ -308,9 +314,14 @@ CLIENT_MESSAGES: dict[str, Check] = {
     "UpdateListen": _object({"listen": _object({"provider": LISTEN_PROVIDER})}),
     "UpdateThink_Live": _object({"think_live": _object({"provider": _object({})})}),
     "InjectUserMessage": _object({"content": _string}),
-    "InjectAgentMessage": _either(
-        _object({"message": _string}, _BEHAVIOR),
-        _object({"is_dynamic": _literal(True)}, _BEHAVIOR),
+    "InjectAgentMessage": _tagged(
+        "is_dynamic",
+        {
+            "static": _object({"message": _string}, _BEHAVIOR),
+            "dynamic": _object({"is_dynamic": _literal(True)}, _BEHAVIOR),
+        },
+        default="static",
+        name=lambda value: "dynamic" if value is not None else "static",
     ),
     "FunctionCallResponse": _object({"id": _string, "name": _string, "content": _string}),
     "KeepAlive": _object({}),

@@ -21,6 +21,7 @@ import hmac
 import json
 import math
 import os
+import random
 import secrets
 import sys
 import time
@@ -30,8 +31,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from types import TracebackType
-from typing import Any
-from urllib.parse import urlencode
+from typing import Any, Literal, get_args
+from urllib.parse import urlencode, urlsplit, urlunsplit
 from xml.etree import ElementTree
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -65,6 +66,52 @@ def twilio_signature(auth_token: str, url: str, params: Mapping[str, str] | None
     data = url + "".join(name + fields[name] for name in sorted(fields))
     digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
+
+
+SignVariant = Literal["exact", "trailing_slash", "port"]
+"""How Twilio spelled the URL it signed: as configured, with a trailing ``/``, or with the
+scheme's port written out (``:443``); a bridge must accept all three."""
+
+
+def signed_url_variant(url: str, variant: SignVariant) -> str:
+    """``url`` as Twilio may have signed it (see :data:`SignVariant`)."""
+    if variant == "trailing_slash":
+        return url if url.endswith("/") else url + "/"
+    if variant == "port":
+        parts = urlsplit(url)
+        if parts.port is not None:
+            return url
+        port = 443 if parts.scheme in ("wss", "https") else 80
+        return urlunsplit(parts._replace(netloc=f"{parts.hostname}:{port}"))
+    return url
+
+
+def add_irregular_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command-line flags of the caller's irregular modes (see :class:`TwilioCaller`)."""
+    parser.add_argument(
+        "--speak-first", action="store_true", help="say hello from the very first frame"
+    )
+    parser.add_argument("--bunch", type=int, default=1, metavar="N", help="frames per burst")
+    parser.add_argument("--jitter-ms", type=int, default=0, help="random delay of each burst")
+    parser.add_argument(
+        "--timestamp-jump-every", type=int, default=0, metavar="N", help="timestamp gap every N"
+    )
+    parser.add_argument("--seed", type=int, help="seed of the jitter and the timestamp gaps")
+    parser.add_argument(
+        "--sign-variant", choices=get_args(SignVariant), default="exact", help="URL spelling"
+    )
+
+
+def irregular_options(args: argparse.Namespace) -> dict[str, Any]:
+    """:class:`TwilioCaller` keyword arguments for the flags of :func:`add_irregular_arguments`."""
+    return {
+        "opening": load_clip("caller-hello") if args.speak_first else None,
+        "bunch": args.bunch,
+        "jitter_ms": args.jitter_ms,
+        "timestamp_jump_every": args.timestamp_jump_every,
+        "seed": args.seed,
+        "sign_variant": args.sign_variant,
+    }
 
 
 def _random_sid(prefix: str) -> str:
@@ -212,6 +259,14 @@ class TwilioCaller:
     ``url``), the public ``wss://`` URL Twilio would have used. ``start_delay`` separates
     ``connected`` from ``start``, to catch bridges that talk before ``start``. ``record=False``
     skips keeping the heard audio (long benchmarks).
+
+    Irregular modes, as real Twilio shows them: ``opening`` (audio spoken from the very first
+    frame, before any agent could have applied its settings); ``bunch`` (frames go out in bursts
+    of that many, each burst when its last frame is due); ``jitter_ms`` (each burst is up to that
+    much late, without drift); ``timestamp_jump_every`` (every Nth frame the ``timestamp`` jumps
+    20-200 ms ahead, as after lost packets; ``chunk`` still counts one by one); ``seed`` for both;
+    ``sign_variant`` (sign the URL with a trailing slash or an explicit port, see
+    :func:`signed_url_variant`).
     """
 
     def __init__(
@@ -230,9 +285,19 @@ class TwilioCaller:
         on_media: MediaHook | None = None,
         frame_hook: FrameHook | None = None,
         open_timeout: float = 10.0,
+        opening: bytes | None = None,
+        bunch: int = 1,
+        jitter_ms: int = 0,
+        timestamp_jump_every: int = 0,
+        seed: int | None = None,
+        sign_variant: SignVariant = "exact",
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
+        if bunch < 1 or jitter_ms < 0 or timestamp_jump_every < 0:
+            raise ValueError("bunch must be >= 1, jitter_ms and timestamp_jump_every >= 0")
+        if sign_variant not in get_args(SignVariant):
+            raise ValueError(f"sign_variant must be one of {get_args(SignVariant)}")
         self.url = url
         self.auth_token = auth_token
         self.signed_url = signed_url or url
@@ -246,6 +311,13 @@ class TwilioCaller:
         self.on_media = on_media
         self.frame_hook = frame_hook
         self.open_timeout = open_timeout
+        self.opening = opening
+        self.bunch = bunch
+        self.jitter_ms = jitter_ms
+        self.timestamp_jump_every = timestamp_jump_every
+        self.sign_variant: SignVariant = sign_variant
+        self._random = random.Random(seed)
+        self._timestamp_skew = 0
 
         self.violations: list[str] = []
         self.recording = bytearray()
@@ -289,7 +361,8 @@ class TwilioCaller:
         """Open the WebSocket and send ``connected`` and ``start``; media starts flowing."""
         headers = {}
         if self.auth_token is not None:
-            headers["X-Twilio-Signature"] = twilio_signature(self.auth_token, self.signed_url)
+            signed = signed_url_variant(self.signed_url, self.sign_variant)
+            headers["X-Twilio-Signature"] = twilio_signature(self.auth_token, signed)
         self._ws = await connect(
             self.url,
             additional_headers=headers,
@@ -313,6 +386,11 @@ class TwilioCaller:
             },
             "streamSid": self.stream_sid,
         }
+        if self.opening:
+            utterance = Utterance("opening", len(self.opening) / 8000)
+            self.utterances.append(utterance)
+            done = asyncio.get_running_loop().create_future()
+            self._outbox.append(_Outgoing(self.opening, done, utterance))
         self.start_time = time.perf_counter()
         await self._send(json.dumps(start))
         self._clock = asyncio.create_task(self._run_clock(self.start_time))
@@ -468,12 +546,17 @@ class TwilioCaller:
     async def _run_clock(self, origin: float) -> None:
         """Twilio's media clock: each tick plays one frame of the bridge's audio and sends one.
 
-        Ticks follow an absolute schedule from ``start`` so that sleep overshoot never accumulates.
+        Ticks follow an absolute schedule from ``start`` so that sleep overshoot never accumulates;
+        with ``bunch`` or ``jitter_ms`` a burst waits for its last frame and its random delay.
         """
         with contextlib.suppress(ConnectionClosed):
             while True:
                 self._tick += 1
-                await asyncio.sleep(origin + self._tick * self._period - time.perf_counter())
+                if (self._tick - 1) % self.bunch == 0:
+                    due = origin + (self._tick + self.bunch - 1) * self._period
+                    if self.jitter_ms:
+                        due += self._random.uniform(0, self.jitter_ms) / 1000 / self.speed
+                    await asyncio.sleep(due - time.perf_counter())
                 await self._play_frame()
                 await self._send_frame()
 
@@ -497,6 +580,9 @@ class TwilioCaller:
                 item.utterance.started = time.perf_counter()
             item.offset += FRAME_BYTES
         chunk = self._tick
+        every = self.timestamp_jump_every
+        if every and chunk % every == 0:
+            self._timestamp_skew += self._random.randrange(FRAME_MS, 10 * FRAME_MS + 1, FRAME_MS)
         if self.frame_hook is not None:
             frame = self.frame_hook(chunk, frame)
         payload = self._silence_b64 if frame is SILENCE_FRAME else base64.b64encode(frame).decode()
@@ -504,7 +590,8 @@ class TwilioCaller:
         # Built by hand: this runs 50 times a second per call, and every value is already safe.
         await self._ws.send(
             f'{{"event":"media","sequenceNumber":"{self._sequence}","media":{{"track":"inbound",'
-            f'"chunk":"{chunk}","timestamp":"{chunk * FRAME_MS}","payload":"{payload}"}},'
+            f'"chunk":"{chunk}","timestamp":"{chunk * FRAME_MS + self._timestamp_skew}",'
+            f'"payload":"{payload}"}},'
             f'"streamSid":{self._sid_json}}}'
         )
         self.bytes_sent += len(frame)
@@ -690,11 +777,10 @@ def main(argv: list[str] | None = None) -> int:
         "<Parameter>s of its TwiML (signed with --auth-token-env; the upgrade is then signed "
         "over the TwiML's Stream URL unless --signed-url says otherwise)",
     )
-    parser.add_argument(
-        "--signed-webhook-url", help="public URL Twilio would sign the webhook for"
-    )
+    parser.add_argument("--signed-webhook-url", help="public URL Twilio would sign the webhook for")
     parser.add_argument("--speed", type=float, default=1.0, help="media clock speed-up")
     parser.add_argument("--wav", help="save what the caller heard to this WAV file")
+    add_irregular_arguments(parser)
     args = parser.parse_args(argv)
     auth_token = None
     if args.auth_token_env:
@@ -727,6 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         custom_parameters=params,
         speed=args.speed,
         call_sid=call_sid,
+        **irregular_options(args),
     )
     try:
         figures = asyncio.run(_run_cli(caller, args.wav))
