@@ -85,10 +85,16 @@ def names() -> list[str]:
 
 def copy_tree(dest: Path) -> None:
     """Copy what git tracks, and untracked files it does not ignore, so a dirty tree is checked."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
-        cwd=ROOT, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, listed):
         src = ROOT / rel
         if src.is_file():
@@ -103,8 +109,16 @@ def check(mutation: Mutation) -> Outcome:
         mutation.apply(root)
         env = {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
         cmd = [
-            sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-            "-o", "addopts=", f"--timeout={TEST_TIMEOUT_S}",
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=",
+            f"--timeout={TEST_TIMEOUT_S}",
             *mutation.killed_by,
         ]
         result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
@@ -114,7 +128,8 @@ def check(mutation: Mutation) -> Outcome:
     if "Timeout" in out and "+++++" in out:
         return Outcome(False, "hung: a killing test only timed out\n" + out[-2000:])
     if result.returncode != 1:
-        return Outcome(False, f"pytest exited {result.returncode}, not a test failure\n" + out[-2000:])
+        why = f"pytest exited {result.returncode}, not a test failure\n"
+        return Outcome(False, why + out[-2000:])
     return Outcome(True, "killed")
 
 
