@@ -162,7 +162,7 @@ def test_two_workers_serve_calls_and_sigterm_to_the_parent_drains_both() -> None
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
                 "--config", str(CONFIG), "--agent-url", agent.url, "--workers", "2",
-                "--shutdown-grace", str(grace), "--loop", "asyncio",
+                "--shutdown-grace", str(grace),
                 env={**env, "DEEPGRAM_API_KEY": "k", "PYTHONPATH": str(ROOT)}, cwd=ROOT,
                 stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
