@@ -388,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         for path in plot(result, args.json.parent):
             print(f"wrote {path}")
+    # A server that does not really bridge fails the run, whatever its figures.
+    check = result.get("peer_check")
+    if check is not None and (check["closed_by"] != "bridge" or check["violations"]):
+        print(f"FAILED: the peer check did not end as a bridged call: {check}")
+        return 1
     # The naive baseline may lose audio (a partial chunk is never sent, as in the original
     # program); only the server under test fails the run.
     bad = [

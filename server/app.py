@@ -287,8 +287,9 @@ def _run_workers(options: ServerOptions, tools: ToolRegistry | None, argv: list[
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
+        # Forward once: a second SIGTERM could reach a worker whose loop has already closed
+        # (default handler back), killing it mid-exit and making the parent exit with -15.
         code = await serve(options, tools=tools, sock=sock, on_signal=forward)
-        forward()
         deadline = loop.time() + options.shutdown_grace + options.bridge.close_timeout + 5
         for child in children:
             while child.is_alive() and loop.time() < deadline:
