@@ -26,11 +26,11 @@ import sys
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 from xml.etree import ElementTree
 
@@ -48,6 +48,16 @@ MediaHook = Callable[[bytes, float], None]
 """``on_media(payload, t)``: every media payload received, ``t = time.perf_counter()``."""
 FrameHook = Callable[[int, bytes], bytes]
 """``frame_hook(chunk, payload) -> payload``: rewrites each outgoing frame right before sending."""
+
+
+class StreamRegistry(Protocol):
+    """Where a simulated Twilio keeps live streams (e.g. ``peers.twilio_api.TwilioApiPeer``), so
+    that a REST call update can end this call's stream as Twilio does: ``stop``, then close."""
+
+    def register(self, call_sid: str, stop: Callable[[], Awaitable[None]]) -> None: ...
+
+    def unregister(self, call_sid: str) -> None: ...
+
 
 _MEDIA_KEYS = frozenset({"event", "streamSid", "media"})
 _MARK_KEYS = frozenset({"event", "streamSid", "mark"})
@@ -208,7 +218,8 @@ class TwilioCaller:
     :meth:`silence`, :meth:`dtmf`, :meth:`wait_agent_speaking`, :meth:`wait_agent_silent`,
     :meth:`wait_closed` and :meth:`hangup`. ``speed`` runs the media clock that many times faster
     than real time (frames, playback and mark echoes alike) to keep tests short; timeouts are
-    always wall-clock seconds. ``auth_token`` signs the upgrade for ``signed_url`` (default
+    always wall-clock seconds. ``registry`` is told when the stream is live (with :meth:`hangup`
+    to end it) and when it has ended. ``auth_token`` signs the upgrade for ``signed_url`` (default
     ``url``), the public ``wss://`` URL Twilio would have used. ``start_delay`` separates
     ``connected`` from ``start``, to catch bridges that talk before ``start``. ``record=False``
     skips keeping the heard audio (long benchmarks).
@@ -230,6 +241,7 @@ class TwilioCaller:
         on_media: MediaHook | None = None,
         frame_hook: FrameHook | None = None,
         open_timeout: float = 10.0,
+        registry: StreamRegistry | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
@@ -246,6 +258,7 @@ class TwilioCaller:
         self.on_media = on_media
         self.frame_hook = frame_hook
         self.open_timeout = open_timeout
+        self.registry = registry
 
         self.violations: list[str] = []
         self.recording = bytearray()
@@ -316,6 +329,8 @@ class TwilioCaller:
         self.start_time = time.perf_counter()
         await self._send(json.dumps(start))
         self._clock = asyncio.create_task(self._run_clock(self.start_time))
+        if self.registry is not None and not self._closed.is_set():
+            self.registry.register(self.call_sid, self.hangup)
 
     async def hangup(self) -> None:
         """End the call as Twilio does: ``stop``, then close the WebSocket (1000)."""
@@ -565,6 +580,8 @@ class TwilioCaller:
         received_first = ws.protocol.close_rcvd_then_sent
         self.closed_by = {True: "bridge", False: "caller", None: "dropped"}[received_first]
         self._closed.set()
+        if self.registry is not None:
+            self.registry.unregister(self.call_sid)
         if self._clock is not None:
             self._clock.cancel()
         while self._outbox:
@@ -690,9 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         "<Parameter>s of its TwiML (signed with --auth-token-env; the upgrade is then signed "
         "over the TwiML's Stream URL unless --signed-url says otherwise)",
     )
-    parser.add_argument(
-        "--signed-webhook-url", help="public URL Twilio would sign the webhook for"
-    )
+    parser.add_argument("--signed-webhook-url", help="public URL Twilio would sign the webhook for")
     parser.add_argument("--speed", type=float, default=1.0, help="media clock speed-up")
     parser.add_argument("--wav", help="save what the caller heard to this WAV file")
     args = parser.parse_args(argv)
