@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 from xml.etree import ElementTree
@@ -380,7 +381,9 @@ class TwilioApiPeer:
                 if request is None:
                     break
                 status, headers, payload = await self._respond(request, body)
-                writer.write(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
+                reason = HTTPStatus(status).phrase.encode()
+                response = h11.Response(status_code=status, headers=headers, reason=reason)
+                writer.write(conn.send(response) or b"")
                 writer.write(conn.send(h11.Data(data=payload)) or b"")
                 writer.write(conn.send(h11.EndOfMessage()) or b"")
                 await writer.drain()
@@ -388,6 +391,8 @@ class TwilioApiPeer:
                     break
                 conn.start_next_cycle()
         except (h11.ProtocolError, ConnectionError):
+            pass
+        except asyncio.CancelledError:  # the peer is stopping; end the handler quietly
             pass
         finally:
             self._tasks.discard(task)
@@ -688,7 +693,8 @@ class TwilioApiPeer:
         extra = [("CallbackSource", "call-progress-events"), ("Timestamp", _now())]
         if event == "completed":
             extra.append(("CallDuration", str(round(time.monotonic() - call.started))))
-        await self._request(call, "status-callback", url, "POST", extra)
+        status = "initiated" if event == "initiated" else None  # the resource still says queued
+        await self._request(call, "status-callback", url, "POST", extra, call_status=status)
 
     async def _fetch_twiml(
         self, call: SimCall, kind: str, url: str, method: str, extra: Sequence[tuple[str, str]]
@@ -699,11 +705,20 @@ class TwilioApiPeer:
         return result.body
 
     async def _request(
-        self, call: SimCall, kind: str, url: str, method: str, extra: Sequence[tuple[str, str]]
+        self,
+        call: SimCall,
+        kind: str,
+        url: str,
+        method: str,
+        extra: Sequence[tuple[str, str]],
+        *,
+        call_status: str | None = None,
     ) -> Callback | None:
         """Request a bridge URL as Twilio does, signed over the URL and the form."""
         assert self._http is not None
         form = [*call.callback_form(), *extra]
+        if call_status is not None:
+            form = [(k, call_status if k == "CallStatus" else v) for k, v in form]
         method = method.upper()
         if method == "GET":
             sep = "&" if urlsplit(url).query else "?"
