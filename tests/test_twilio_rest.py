@@ -362,7 +362,7 @@ def test_5xx_and_429_are_retried_honouring_retry_after() -> None:
                 elapsed = time.monotonic() - began
             assert [r.status for r in peer.requests] == [503, 429, 200]
         assert result.status == "in-progress"
-        assert elapsed >= 0.3  # Retry-After, not the 10-50 ms backoff
+        assert elapsed >= 0.25  # Retry-After (0.3 s, less timer slack), not the 10-50 ms backoff
 
     run(main())
 
@@ -651,3 +651,19 @@ def test_the_peer_runs_from_the_command_line(tmp_path: Any) -> None:
     recorded = json.loads(dump.read_text())
     assert [r["status"] for r in recorded["requests"]] == [201]
     assert TOKEN not in dump.read_text()
+
+
+def test_the_peer_imports_nothing_from_the_bridge() -> None:
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "peers"
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [alias.name for alias in node.names] if isinstance(node, ast.Import)
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )  # fmt: skip
+            for name in names:
+                assert name.split(".")[0] not in ("server", "sansio"), f"{path.name}: {name}"
