@@ -27,11 +27,11 @@ import sys
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from types import TracebackType
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 from urllib.parse import urlencode, urlsplit, urlunsplit
 from xml.etree import ElementTree
 
@@ -49,6 +49,16 @@ MediaHook = Callable[[bytes, float], None]
 """``on_media(payload, t)``: every media payload received, ``t = time.perf_counter()``."""
 FrameHook = Callable[[int, bytes], bytes]
 """``frame_hook(chunk, payload) -> payload``: rewrites each outgoing frame right before sending."""
+
+
+class StreamRegistry(Protocol):
+    """Where a simulated Twilio keeps live streams (e.g. ``peers.twilio_api.TwilioApiPeer``), so
+    that a REST call update can end this call's stream as Twilio does: ``stop``, then close."""
+
+    def register(self, call_sid: str, stop: Callable[[], Awaitable[None]]) -> None: ...
+
+    def unregister(self, call_sid: str) -> None: ...
+
 
 _MEDIA_KEYS = frozenset({"event", "streamSid", "media"})
 _MARK_KEYS = frozenset({"event", "streamSid", "mark"})
@@ -255,7 +265,8 @@ class TwilioCaller:
     :meth:`silence`, :meth:`dtmf`, :meth:`wait_agent_speaking`, :meth:`wait_agent_silent`,
     :meth:`wait_closed` and :meth:`hangup`. ``speed`` runs the media clock that many times faster
     than real time (frames, playback and mark echoes alike) to keep tests short; timeouts are
-    always wall-clock seconds. ``auth_token`` signs the upgrade for ``signed_url`` (default
+    always wall-clock seconds. ``registry`` is told when the stream is live (with :meth:`hangup`
+    to end it) and when it has ended. ``auth_token`` signs the upgrade for ``signed_url`` (default
     ``url``), the public ``wss://`` URL Twilio would have used. ``start_delay`` separates
     ``connected`` from ``start``, to catch bridges that talk before ``start``. ``record=False``
     skips keeping the heard audio (long benchmarks).
@@ -291,6 +302,7 @@ class TwilioCaller:
         timestamp_jump_every: int = 0,
         seed: int | None = None,
         sign_variant: SignVariant = "exact",
+        registry: StreamRegistry | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
@@ -318,6 +330,7 @@ class TwilioCaller:
         self.sign_variant: SignVariant = sign_variant
         self._random = random.Random(seed)
         self._timestamp_skew = 0
+        self.registry = registry
 
         self.violations: list[str] = []
         self.recording = bytearray()
@@ -394,6 +407,8 @@ class TwilioCaller:
         self.start_time = time.perf_counter()
         await self._send(json.dumps(start))
         self._clock = asyncio.create_task(self._run_clock(self.start_time))
+        if self.registry is not None and not self._closed.is_set():
+            self.registry.register(self.call_sid, self.hangup)
 
     async def hangup(self) -> None:
         """End the call as Twilio does: ``stop``, then close the WebSocket (1000)."""
@@ -652,6 +667,8 @@ class TwilioCaller:
         received_first = ws.protocol.close_rcvd_then_sent
         self.closed_by = {True: "bridge", False: "caller", None: "dropped"}[received_first]
         self._closed.set()
+        if self.registry is not None:
+            self.registry.unregister(self.call_sid)
         if self._clock is not None:
             self._clock.cancel()
         while self._outbox:
