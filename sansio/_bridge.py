@@ -6,15 +6,14 @@ re-reads :meth:`CallBridge.next_deadline` and calls :meth:`CallBridge.handle_tim
 passes. Nothing here reads a clock or touches a socket.
 
 This module keeps the legs' states, the dispatch and the end and fail paths; the rest is
-composed in (as aioquic and h11 do): :mod:`._uplink` (to the agent), :mod:`._downlink` and
-:mod:`._playback` (to Twilio), :mod:`._tools`, the wire formats :mod:`._twilio` and
-:mod:`._agent`, :mod:`._counters`, and the one table of :mod:`._timers`.
+composed in, as aioquic and h11 do: :mod:`._uplink` (to the agent), :mod:`._downlink` over
+:mod:`._playback` (to Twilio), :mod:`._tools`, :mod:`._counters`, :mod:`._timers`, and the
+wire formats :mod:`._twilio` and :mod:`._agent`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
-from enum import Enum
 from typing import Any
 
 from . import _agent, _twilio
@@ -26,44 +25,26 @@ from ._actions import (
     CallStats,
     CloseAgent,
     CloseTwilio,
-    Dtmf,
     EndReason,
     OpenAgent,
-    PeerIgnored,
     ReplyPlayback,
 )
 from ._config import BridgeConfig
 from ._counters import Counters
 from ._downlink import Downlink
 from ._errors import LocalProtocolError, Peer, RemoteProtocolError
-from ._playback import MAX_PENDING_MARKS as MAX_PENDING_MARKS
-from ._playback import AgentPlayback
-from ._timers import Timer, Timers
+from ._playback import MAX_PENDING_MARKS, AgentPlayback
+from ._state import AGENT_OPEN, ENDED, AgentState, TwilioState
+from ._timers import Clock, Hooks, call_timers
 from ._tools import Tools
 from ._twilio import Oddity
-from ._uplink import MAX_HELD_DTMF as MAX_HELD_DTMF
-from ._uplink import Uplink
+from ._uplink import MAX_HELD_DTMF, Uplink
 
 MAX_CLOSE_REASON_BYTES = 120  # a WebSocket close reason must fit in 123 bytes
 
 
-class TwilioState(Enum):
-    AWAITING_START = "awaiting_start"
-    STREAMING = "streaming"
-    CLOSED = "closed"
+__all__ = ["MAX_HELD_DTMF", "MAX_PENDING_MARKS", "AgentState", "CallBridge", "TwilioState"]
 
-
-class AgentState(Enum):
-    IDLE = "idle"  # not asked for yet: it is opened on Twilio's ``start``
-    CONNECTING = "connecting"
-    AWAITING_WELCOME = "awaiting_welcome"
-    CONFIGURING = "configuring"  # Settings sent, SettingsApplied not yet received
-    READY = "ready"
-    CLOSED = "closed"
-
-
-_AGENT_OPEN = frozenset({AgentState.AWAITING_WELCOME, AgentState.CONFIGURING, AgentState.READY})
-_ENDED = "ended"  # the timers' phase once the call has ended; before, it is the agent state
 # Agent messages that only make sense once the agent is configured; before, they are ignored.
 _AFTER_SETTINGS = frozenset({"AgentAudioDone", "FunctionCallRequest"})
 _Handler = Callable[[dict[str, Any], float], None]
@@ -84,53 +65,28 @@ class CallBridge:
         self.custom_parameters: Mapping[str, str] = {}
 
         self._actions: list[Action] = []  # shared with the sub-machines: drained by copying
-        self._counters = Counters()
-        self._uplink = up = Uplink(config, self._actions, self._counters, now)
-        self._playback = AgentPlayback(config.mark_interval_ms * 8, self._counters)
+        self._counters = counters = Counters(self._actions)
+        self._uplink = up = Uplink(config, self._actions, counters, now)
+        self._playback = playback = AgentPlayback(config.mark_interval_ms * 8, counters)
         self._downlink: Downlink | None = None  # from Twilio's start
         self._tools = tools = Tools(
-            config, self._actions, up, lambda detail: self._ignore(Peer.AGENT, detail)
+            config,
+            self._actions,
+            counters,
+            up,
+            lambda: playback.drained,
+            lambda detail, now: self._end(EndReason.TOOL, detail, now),
         )
         self._settings_text = ""
         self._request_id = ""
-        self._noticed: set[str] = set()
-        self._twilio_rx = self._agent_opened_at = self._agent_connected_at = now
-        self._ended_at = now
-
-        # Every timer, written once: its phases, when it is due, what it does.
-        c, S = config, AgentState
-        self._timers = Timers(
-            (
-                Timer("close", {_ENDED}, self._close_due, self._abort_open_legs),
-                Timer(
-                    "agent_connect",
-                    {S.CONNECTING},
-                    lambda: self._agent_opened_at + c.agent_connect_timeout,
-                    self._timeout(f"agent_connect: no connection after {c.agent_connect_timeout}s"),
-                ),
-                Timer(
-                    "settings_applied",
-                    {S.AWAITING_WELCOME, S.CONFIGURING},
-                    lambda: self._agent_connected_at + c.settings_timeout,
-                    self._timeout(f"settings_applied: none after {c.settings_timeout}s"),
-                ),
-                Timer(
-                    "welcome",
-                    {S.AWAITING_WELCOME},
-                    lambda: self._agent_connected_at + c.welcome_timeout,
-                    self._no_welcome,
-                ),
-                Timer(
-                    "twilio_idle",
-                    set(S),
-                    lambda: self._twilio_rx + c.twilio_idle_timeout,
-                    self._timeout(f"twilio_idle: no message for {c.twilio_idle_timeout}s"),
-                ),
-                Timer("chunk", {S.READY}, up.chunk_due, lambda now: up.flush()),
-                Timer("keepalive", {S.READY}, up.keepalive_due, up.keepalive),
-                Timer("hangup", {S.READY}, tools.hangup_due, self._hangup_deadline),
-            )
+        self._clock = clock = Clock(now)
+        hooks = Hooks(
+            lambda: self.finished,
+            self._abort_open_legs,
+            lambda detail, now: self._end(EndReason.TIMEOUT, detail, now),
+            self._no_welcome,
         )
+        self._timers = call_timers(config, clock, up, tools, hooks)
         self._twilio_handlers: dict[object, _Handler] = {
             "connected": lambda message, now: None,  # it carries nothing the call needs
             "start": self._on_start,
@@ -196,7 +152,7 @@ class CallBridge:
     @property
     def accepts_agent_input(self) -> bool:
         """``agent_text``/``agent_audio`` may be called: the agent leg is open."""
-        return self._agent_state in _AGENT_OPEN
+        return self._agent_state in AGENT_OPEN
 
     @property
     def awaits_agent_connection(self) -> bool:
@@ -224,7 +180,7 @@ class CallBridge:
         """One text message from Twilio's WebSocket."""
         if self._twilio_state is TwilioState.CLOSED:
             raise LocalProtocolError("twilio_text() after twilio_closed()")
-        self._twilio_rx = now
+        self._clock.twilio_rx = now
         if self._ended is not None:
             return
         message = self._decode(text, Peer.TWILIO, "Twilio", now)
@@ -252,7 +208,7 @@ class CallBridge:
         """One binary message from Twilio's WebSocket, which Twilio never sends."""
         if self._twilio_state is TwilioState.CLOSED:
             raise LocalProtocolError("twilio_bytes() after twilio_closed()")
-        self._twilio_rx = now
+        self._clock.twilio_rx = now
         if self._ended is None:
             self._fail(Peer.TWILIO, "Twilio sent a binary message", 1003, now)
 
@@ -272,7 +228,7 @@ class CallBridge:
         if self._agent_state is not AgentState.CONNECTING:
             raise LocalProtocolError(f"agent_connected() in agent state {self._agent_state.value}")
         self._agent_state = AgentState.AWAITING_WELCOME
-        self._agent_connected_at = now
+        self._clock.agent_connected = now
         self._uplink.connected(now)
 
     def agent_text(self, text: str, now: float) -> None:
@@ -350,7 +306,7 @@ class CallBridge:
             CallStarted(start.stream_sid, start.call_sid, start.account_sid, start.parameters)
         )
         self._agent_state = AgentState.CONNECTING
-        self._agent_opened_at = now
+        self._clock.agent_opened = now
         self._actions.append(OpenAgent())
 
     def _on_mark(self, message: dict[str, Any], now: float) -> None:
@@ -358,20 +314,15 @@ class CallBridge:
         echo = self._downlink.echoed(name) if self._downlink and type(name) is str else None
         if echo is None:
             self._ignore(Peer.TWILIO, "echo of a mark never sent")
-        elif echo.last and self._tools.hanging_up:
-            self._hang_up_if_drained(now, deadline=False)
+        elif echo.last:
+            self._tools.reply_played(now)
 
     def _on_dtmf(self, message: dict[str, Any], now: float) -> None:
         digit = _twilio.dtmf_digit(message)
         if isinstance(digit, Oddity):
             self._tolerate(digit)
-            return
-        self._actions.append(Dtmf(digit))
-        text = _agent.inject_user_message(self.config.dtmf_template.replace("{digit}", digit))
-        if self._agent_state is AgentState.READY:
-            self._uplink.send_text(text, now)
-        elif not self._uplink.hold_text(text):
-            self._ignore(Peer.TWILIO, "dtmf beyond what is held before the agent is ready")
+        else:
+            self._uplink.dtmf(digit, now, self._agent_state is AgentState.READY)
 
     def _on_welcome(self, message: dict[str, Any], now: float) -> None:
         self._request_id = _agent.request_id(message)
@@ -389,26 +340,11 @@ class CallBridge:
     # ------------------------------------------------------------------ timers
 
     def _phase(self) -> Hashable:
-        return _ENDED if self._ended is not None else self._agent_state
-
-    def _close_due(self) -> float | None:
-        return None if self.finished else self._ended_at + self.config.close_timeout
-
-    def _timeout(self, detail: str) -> Callable[[float], None]:
-        return lambda now: self._end(EndReason.TIMEOUT, detail, now)
+        return ENDED if self._ended is not None else self._agent_state
 
     def _no_welcome(self, now: float) -> None:
         self._ignore(Peer.AGENT, "no Welcome; Settings sent anyway")
         self._send_settings(now)
-
-    def _hangup_deadline(self, now: float) -> None:
-        self._hang_up_if_drained(now, deadline=True)
-
-    def _hang_up_if_drained(self, now: float, *, deadline: bool) -> None:
-        """Finish an ``end_call`` once the goodbye has played, or when waiting is pointless."""
-        detail = self._tools.hangup_check(now, self._playback.drained, deadline=deadline)
-        if detail is not None:
-            self._end(EndReason.TOOL, detail, now)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -426,7 +362,7 @@ class CallBridge:
         self._uplink.send_text(self._settings_text, now)
 
     def _check_agent_open(self, method: str) -> None:
-        if self._agent_state not in _AGENT_OPEN:
+        if self._agent_state not in AGENT_OPEN:
             raise LocalProtocolError(f"{method}() in agent state {self._agent_state.value}")
 
     def _decode(self, text: str, peer: Peer, who: str, now: float) -> dict[str, Any] | None:
@@ -442,16 +378,10 @@ class CallBridge:
         return message
 
     def _tolerate(self, oddity: Oddity) -> None:
-        if oddity.undecodable:
-            self._counters.undecodable_media += 1
-        self._ignore(Peer.TWILIO, oddity.detail)
+        self._counters.ignore(Peer.TWILIO, oddity.detail, undecodable=oddity.undecodable)
 
     def _ignore(self, peer: Peer, detail: str) -> None:
-        """Tolerate a peer's oddity: count it, and report each kind once per call."""
-        self._counters.ignored_messages += 1
-        if detail not in self._noticed and len(self._noticed) < 64:
-            self._noticed.add(detail)
-            self._actions.append(PeerIgnored(peer.value, detail))
+        self._counters.ignore(peer, detail)
 
     def _hang_up(self, detail: str, now: float) -> None:
         """The caller is gone: send the audio still held, then end."""
@@ -467,7 +397,7 @@ class CallBridge:
         """End the call exactly once: withdraw tools, report, then close both legs."""
         self._tools.withdraw_all()
         self._ended = CallEnded(reason, detail, self.stats())
-        self._ended_at = now
+        self._clock.ended = now
         self._actions.append(self._ended)
         text = _close_reason(f"{reason.value}: {detail}")
         error = self._error

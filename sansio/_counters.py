@@ -1,14 +1,20 @@
-"""The counters of one call, kept in one object that every sub-machine adds to."""
+"""The counters of one call, kept in one object that every sub-machine adds to, and the
+oddities it tolerated from its peers."""
 
 from __future__ import annotations
 
-from ._actions import CallStats
+from ._actions import Action, CallStats, PeerIgnored
+from ._errors import Peer
+
+MAX_ODDITY_KINDS = 64  # kinds of oddity reported per call; all are counted
 
 
 class Counters:
     """Mutable twins of :class:`CallStats` fields; :meth:`snapshot` freezes them."""
 
     __slots__ = (
+        "_actions",
+        "_noticed",
         "agent_audio_bytes_received",
         "agent_audio_bytes_sent",
         "barge_ins",
@@ -20,7 +26,9 @@ class Counters:
         "undecodable_media",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, actions: list[Action]) -> None:
+        self._actions = actions
+        self._noticed: set[str] = set()
         self.caller_audio_bytes = 0
         self.agent_audio_bytes_sent = 0
         self.agent_audio_bytes_received = 0
@@ -43,3 +51,12 @@ class Counters:
             replies=self.replies,
             keepalives=self.keepalives,
         )
+
+    def ignore(self, peer: Peer, detail: str, *, undecodable: bool = False) -> None:
+        """Tolerate a peer's oddity: count it, and report each kind once per call."""
+        self.ignored_messages += 1
+        if undecodable:
+            self.undecodable_media += 1
+        if detail not in self._noticed and len(self._noticed) < MAX_ODDITY_KINDS:
+            self._noticed.add(detail)
+            self._actions.append(PeerIgnored(peer.value, detail))

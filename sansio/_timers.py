@@ -1,16 +1,21 @@
-"""Every deadline of a call, each written once as a row of a table (aioquic's timer idea).
+"""Every deadline of a call, each written once as a row of one table (aioquic's timer idea).
 
-A :class:`Timer` is armed in some phases of the call (the agent leg's states, or the end); in
-them ``due()`` says when it fires, or None when it has nothing to wait for, and ``fire(now)``
-does what is due. :meth:`Timers.next_deadline` is the earliest ``due()`` of the armed rows and
-:meth:`Timers.fire_due` runs each row that is due, in table order. Adding a timer is adding a
-row.
+A :class:`Timer` is armed in some phases of the call (the agent leg's states, or
+:data:`~._state.ENDED`); in them ``due()`` says when it fires, or None when it has nothing to
+wait for, and ``fire(now)`` does what is due. :meth:`Timers.next_deadline` is the earliest
+``due()`` of the armed rows; :meth:`Timers.fire_due` runs each row that is due, in table
+order. Adding a timer is adding a row to :func:`call_timers`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Hashable, Iterable
 from dataclasses import dataclass
+
+from ._config import BridgeConfig
+from ._state import ENDED, AgentState
+from ._tools import Tools
+from ._uplink import Uplink
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,14 +29,14 @@ class Timer:
 
 
 class Timers:
-    """The table of a call's timers, indexed by phase so a deadline costs a few calls."""
+    """A table of timers, indexed by phase so that a deadline costs a few calls."""
 
-    __slots__ = ("_armed", "_rows")
+    __slots__ = ("_armed", "rows")
 
     def __init__(self, rows: Iterable[Timer]) -> None:
-        self._rows = tuple(rows)
+        self.rows = tuple(rows)
         self._armed: dict[Hashable, tuple[Timer, ...]] = {}
-        for row in self._rows:
+        for row in self.rows:
             for phase in row.phases:
                 self._armed[phase] = (*self._armed.get(phase, ()), row)
 
@@ -50,8 +55,78 @@ class Timers:
         The phase is asked again before each row, so a timer that ends the call or moves the
         agent leg on disarms the rows that no longer apply.
         """
-        for row in self._rows:
+        for row in self.rows:
             if phase() in row.phases:
                 at = row.due()
                 if at is not None and now >= at:
                     row.fire(now)
+
+
+class Clock:
+    """When the events that the call's own deadlines count from happened."""
+
+    __slots__ = ("agent_connected", "agent_opened", "ended", "twilio_rx")
+
+    def __init__(self, now: float) -> None:
+        self.twilio_rx = now  # Twilio's latest message
+        self.agent_opened = now  # OpenAgent
+        self.agent_connected = now
+        self.ended = now
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """What timers do to the call itself; the bridge provides them."""
+
+    finished: Callable[[], bool]
+    abort_open_legs: Callable[[float], None]
+    timed_out: Callable[[str, float], None]  # end the call (timeout) with this detail
+    no_welcome: Callable[[float], None]
+
+
+def call_timers(
+    config: BridgeConfig, clock: Clock, uplink: Uplink, tools: Tools, hooks: Hooks
+) -> Timers:
+    """The timers of one call. The call's end disarms all but ``close``."""
+    c, S = config, AgentState
+
+    def timeout(detail: str) -> Callable[[float], None]:
+        return lambda now: hooks.timed_out(detail, now)
+
+    return Timers(
+        (
+            Timer(
+                "close",
+                {ENDED},
+                lambda: None if hooks.finished() else clock.ended + c.close_timeout,
+                hooks.abort_open_legs,
+            ),
+            Timer(
+                "agent_connect",
+                {S.CONNECTING},
+                lambda: clock.agent_opened + c.agent_connect_timeout,
+                timeout(f"agent_connect: no connection after {c.agent_connect_timeout}s"),
+            ),
+            Timer(
+                "settings_applied",
+                {S.AWAITING_WELCOME, S.CONFIGURING},
+                lambda: clock.agent_connected + c.settings_timeout,
+                timeout(f"settings_applied: none after {c.settings_timeout}s"),
+            ),
+            Timer(
+                "welcome",  # Settings go anyway: Welcome is a courtesy
+                {S.AWAITING_WELCOME},
+                lambda: clock.agent_connected + c.welcome_timeout,
+                hooks.no_welcome,
+            ),
+            Timer(
+                "twilio_idle",
+                set(S),
+                lambda: clock.twilio_rx + c.twilio_idle_timeout,
+                timeout(f"twilio_idle: no message for {c.twilio_idle_timeout}s"),
+            ),
+            Timer("chunk", {S.READY}, uplink.chunk_due, lambda now: uplink.flush()),
+            Timer("keepalive", {S.READY}, uplink.keepalive_due, uplink.keepalive),
+            Timer("hangup", {S.READY}, tools.hangup_due, tools.hangup_deadline),
+        )
+    )

@@ -9,7 +9,8 @@ from typing import Any
 from ._actions import Action, AgentNotice, CancelTool, RunTool
 from ._agent import FunctionCall, cancelled_ids, function_call_response, function_calls
 from ._config import BridgeConfig
-from ._errors import LocalProtocolError
+from ._counters import Counters
+from ._errors import LocalProtocolError, Peer
 from ._uplink import Uplink
 
 _BAD_ARGUMENTS = json.dumps({"error": "arguments must be a JSON object"})
@@ -21,11 +22,13 @@ class Tools:
 
     __slots__ = (
         "_actions",
+        "_counters",
+        "_drained",
         "_end_call",
         "_grace",
+        "_hang_up",
         "_hangup_at",
         "_hangup_requested",
-        "_ignore",
         "_loads",
         "_pending",
         "_timeout",
@@ -37,16 +40,20 @@ class Tools:
         self,
         config: BridgeConfig,
         actions: list[Action],
+        counters: Counters,
         uplink: Uplink,
-        ignore: Callable[[str], None],
+        drained: Callable[[], bool],
+        hang_up: Callable[[str, float], None],
     ) -> None:
         self._end_call = config.end_call_tool
         self._grace = config.hangup_grace
         self._timeout = config.hangup_timeout
         self._loads = config.json_loads
         self._actions = actions
+        self._counters = counters
         self._uplink = uplink
-        self._ignore = ignore  # tolerate an agent's oddity
+        self._drained = drained  # nothing of the agent's is still playing
+        self._hang_up = hang_up  # end the call (end_call) with this detail
         self._pending: dict[str, str] = {}  # call id -> tool name
         self._withdrawn: set[str] = set()
         self._hangup_requested: float | None = None
@@ -56,11 +63,11 @@ class Tools:
         """A ``FunctionCallRequest`` (the agent is ready: an answer must not precede Settings)."""
         calls = function_calls(message, self._loads)
         if calls is None:
-            self._ignore("FunctionCallRequest without functions")
+            self._counters.ignore(Peer.AGENT, "FunctionCallRequest without functions")
             return
         for call in calls:
             if call is None:
-                self._ignore("function call without an id and a name")
+                self._counters.ignore(Peer.AGENT, "function call without an id and a name")
             else:
                 self._request(call, now)
 
@@ -104,29 +111,33 @@ class Tools:
             raise LocalProtocolError(f"tool_result() for unknown call id {call_id!r}")
         self._uplink.send_text(function_call_response(call_id, name, content), now)
 
-    @property
-    def hanging_up(self) -> bool:
-        return self._hangup_at is not None
-
     def hangup_due(self) -> float | None:
         return self._hangup_at
 
-    def hangup_check(self, now: float, drained: bool, *, deadline: bool) -> str | None:
-        """Why to end the call now, if it should end: the goodbye played, or waited too long.
+    def reply_played(self, now: float) -> None:
+        """A reply has played to its end: the goodbye, maybe."""
+        if self._hangup_at is not None:
+            self._hang_up_if_drained(now, deadline=False)
 
-        Asked on each reply's last mark echo and when the hangup deadline passes. The first
+    def hangup_deadline(self, now: float) -> None:
+        self._hang_up_if_drained(now, deadline=True)
+
+    def _hang_up_if_drained(self, now: float, *, deadline: bool) -> None:
+        """Finish an ``end_call`` once the goodbye has played, or when waiting is pointless.
+
+        Called on each reply's last mark echo and when the hangup deadline passes. The first
         deadline (``hangup_grace``) gives the agent time to start its goodbye; if audio is
         still playing then, wait for its mark, but never past ``hangup_timeout``.
         """
         assert self._hangup_requested is not None
-        if drained:
-            return "end_call: goodbye played"
-        if deadline:
+        if self._drained():
+            self._hang_up("end_call: goodbye played", now)
+        elif deadline:
             final = self._hangup_requested + self._timeout
             if now >= final:
-                return "end_call: goodbye still playing at hangup_timeout"
-            self._hangup_at = final
-        return None
+                self._hang_up("end_call: goodbye still playing at hangup_timeout", now)
+            else:
+                self._hangup_at = final
 
     def _answer(self, call: FunctionCall, content: str, now: float) -> None:
         self._uplink.send_text(function_call_response(call.call_id, call.name, content), now)

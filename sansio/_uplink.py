@@ -2,16 +2,17 @@
 keepalive that covers silence.
 
 Before ``SettingsApplied`` (``ready`` false) caller audio is held, dropping the oldest bytes
-beyond the pre-roll cap, and DTMF texts are held up to a bound; :meth:`Uplink.release` sends
+beyond the pre-roll cap, and DTMF keys are held up to a bound; :meth:`Uplink.release` sends
 both. Afterwards audio leaves in whole chunks, a partial chunk when its deadline passes.
 """
 
 from __future__ import annotations
 
-from ._actions import Action, SendAgentAudio, SendAgentText
-from ._agent import KEEPALIVE
+from ._actions import Action, Dtmf, SendAgentAudio, SendAgentText
+from ._agent import KEEPALIVE, inject_user_message
 from ._config import BridgeConfig
 from ._counters import Counters
+from ._errors import Peer
 
 MAX_HELD_DTMF = 32
 
@@ -24,6 +25,7 @@ class Uplink:
         "_chunk",
         "_chunk_s",
         "_counters",
+        "_dtmf_template",
         "_held_texts",
         "_keepalive_s",
         "_pending",
@@ -41,6 +43,7 @@ class Uplink:
         self._chunk_s = config.chunk_ms / 1000
         self._preroll_cap = config.preroll_bytes
         self._keepalive_s = config.keepalive_interval
+        self._dtmf_template = config.dtmf_template
         self._pending = bytearray()
         self._since = now  # when the oldest pending byte arrived
         self._tx = now  # when the agent was last sent anything
@@ -75,12 +78,16 @@ class Uplink:
             del pending[:excess]
             self._counters.preroll_dropped_bytes += excess
 
-    def hold_text(self, text: str) -> bool:
-        """Keep a text for :meth:`release`; False when the bound is reached."""
-        if len(self._held_texts) >= MAX_HELD_DTMF:
-            return False
-        self._held_texts.append(text)
-        return True
+    def dtmf(self, digit: str, now: float, ready: bool) -> None:
+        """A key the caller pressed, told to the agent (held until ``ready``, up to a bound)."""
+        self._actions.append(Dtmf(digit))
+        text = inject_user_message(self._dtmf_template.replace("{digit}", digit))
+        if ready:
+            self.send_text(text, now)
+        elif len(self._held_texts) < MAX_HELD_DTMF:
+            self._held_texts.append(text)
+        else:
+            self._counters.ignore(Peer.TWILIO, "dtmf beyond what is held before the agent is ready")
 
     def release(self, now: float) -> None:
         """``SettingsApplied``: send the whole chunks of pre-roll, then the held texts."""
