@@ -6,9 +6,7 @@ re-reads :meth:`CallBridge.next_deadline` and calls :meth:`CallBridge.handle_tim
 passes. Nothing here reads a clock or touches a socket.
 
 This module keeps the legs' states, the dispatch and the end and fail paths; the rest is
-composed in, as aioquic and h11 do: :mod:`._uplink` (to the agent), :mod:`._downlink` over
-:mod:`._playback` (to Twilio), :mod:`._tools`, :mod:`._counters`, :mod:`._timers`, and the
-wire formats :mod:`._twilio` and :mod:`._agent`.
+composed in (see the package's modules), as aioquic and h11 do.
 """
 
 from __future__ import annotations
@@ -32,16 +30,13 @@ from ._actions import (
 from ._config import BridgeConfig
 from ._counters import Counters
 from ._downlink import Downlink
-from ._errors import LocalProtocolError, Peer, RemoteProtocolError
+from ._errors import LocalProtocolError, Peer, RemoteProtocolError, close_reason, decode_object
 from ._playback import MAX_PENDING_MARKS, AgentPlayback
 from ._state import AGENT_OPEN, ENDED, AgentState, TwilioState
 from ._timers import Clock, Hooks, call_timers
 from ._tools import Tools
 from ._twilio import Oddity
 from ._uplink import MAX_HELD_DTMF, Uplink
-
-MAX_CLOSE_REASON_BYTES = 120  # a WebSocket close reason must fit in 123 bytes
-
 
 __all__ = ["MAX_HELD_DTMF", "MAX_PENDING_MARKS", "AgentState", "CallBridge", "TwilioState"]
 
@@ -66,26 +61,18 @@ class CallBridge:
 
         self._actions: list[Action] = []  # shared with the sub-machines: drained by copying
         self._counters = counters = Counters(self._actions)
+        self._ignore = counters.ignore
         self._uplink = up = Uplink(config, self._actions, counters, now)
         self._playback = playback = AgentPlayback(config.mark_interval_ms * 8, counters)
+        self._marks = playback.marks  # the marks awaiting their echo, for tests to fill
         self._downlink: Downlink | None = None  # from Twilio's start
         self._tools = tools = Tools(
-            config,
-            self._actions,
-            counters,
-            up,
-            lambda: playback.drained,
-            lambda detail, now: self._end(EndReason.TOOL, detail, now),
+            config, self._actions, counters, up, lambda: playback.drained, self._end
         )
         self._settings_text = ""
         self._request_id = ""
         self._clock = clock = Clock(now)
-        hooks = Hooks(
-            lambda: self.finished,
-            self._abort_open_legs,
-            lambda detail, now: self._end(EndReason.TIMEOUT, detail, now),
-            self._no_welcome,
-        )
+        hooks = Hooks(lambda: self.finished, self._abort_open_legs, self._end, self._no_welcome)
         self._timers = call_timers(config, clock, up, tools, hooks)
         self._twilio_handlers: dict[object, _Handler] = {
             "connected": lambda message, now: None,  # it carries nothing the call needs
@@ -159,10 +146,6 @@ class CallBridge:
         """``agent_connected`` may be called: :class:`OpenAgent` was asked and not answered."""
         return self._agent_state is AgentState.CONNECTING
 
-    def wants_tool_result(self, call_id: str) -> bool:
-        """A result for ``call_id`` is still awaited (not cancelled, call not over)."""
-        return self._tools.wants(call_id)
-
     def stats(self) -> CallStats:
         return self._counters.snapshot()
 
@@ -183,8 +166,9 @@ class CallBridge:
         self._clock.twilio_rx = now
         if self._ended is not None:
             return
-        message = self._decode(text, Peer.TWILIO, "Twilio", now)
-        if message is None:
+        message = decode_object(self._loads, text)
+        if type(message) is not dict:
+            self._fail(Peer.TWILIO, f"Twilio sent {message}", 1007, now)
             return
         event = message.get("event")
         if event == "media":  # the hot path: 50 per second
@@ -236,8 +220,9 @@ class CallBridge:
         self._check_agent_open("agent_text")
         if self._ended is not None:
             return
-        message = self._decode(text, Peer.AGENT, "the agent", now)
-        if message is None:
+        message = decode_object(self._loads, text)
+        if type(message) is not dict:
+            self._fail(Peer.AGENT, f"the agent sent {message}", 1007, now)
             return
         kind = message.get("type")
         handler = self._agent_handlers.get(kind) if type(kind) is str else None
@@ -318,11 +303,7 @@ class CallBridge:
             self._tools.reply_played(now)
 
     def _on_dtmf(self, message: dict[str, Any], now: float) -> None:
-        digit = _twilio.dtmf_digit(message)
-        if isinstance(digit, Oddity):
-            self._tolerate(digit)
-        else:
-            self._uplink.dtmf(digit, now, self._agent_state is AgentState.READY)
+        self._uplink.dtmf(message, now, self._agent_state is AgentState.READY)
 
     def _on_welcome(self, message: dict[str, Any], now: float) -> None:
         self._request_id = _agent.request_id(message)
@@ -348,11 +329,6 @@ class CallBridge:
 
     # ------------------------------------------------------------------ plumbing
 
-    @property
-    def _marks(self) -> dict[str, Any]:
-        """The marks awaiting their echo (tests fill it up to its bound)."""
-        return self._playback._marks
-
     def _open_downlink(self) -> Downlink:
         assert self._downlink is not None  # the agent leg exists only after Twilio's start
         return self._downlink
@@ -365,23 +341,8 @@ class CallBridge:
         if self._agent_state not in AGENT_OPEN:
             raise LocalProtocolError(f"{method}() in agent state {self._agent_state.value}")
 
-    def _decode(self, text: str, peer: Peer, who: str, now: float) -> dict[str, Any] | None:
-        """A peer's message as a JSON object; anything else fails the call (close 1007)."""
-        try:
-            message = self._loads(text)
-        except (ValueError, TypeError, RecursionError):
-            self._fail(peer, f"{who} sent a message that is not JSON", 1007, now)
-            return None
-        if type(message) is not dict:
-            self._fail(peer, f"{who} sent JSON that is not an object", 1007, now)
-            return None
-        return message
-
     def _tolerate(self, oddity: Oddity) -> None:
-        self._counters.ignore(Peer.TWILIO, oddity.detail, undecodable=oddity.undecodable)
-
-    def _ignore(self, peer: Peer, detail: str) -> None:
-        self._counters.ignore(peer, detail)
+        self._ignore(Peer.TWILIO, oddity.detail, undecodable=oddity.undecodable)
 
     def _hang_up(self, detail: str, now: float) -> None:
         """The caller is gone: send the audio still held, then end."""
@@ -399,7 +360,7 @@ class CallBridge:
         self._ended = CallEnded(reason, detail, self.stats())
         self._clock.ended = now
         self._actions.append(self._ended)
-        text = _close_reason(f"{reason.value}: {detail}")
+        text = close_reason(f"{reason.value}: {detail}")
         error = self._error
         if self._twilio_state is not TwilioState.CLOSED:
             code = error.close_code if error and error.peer is Peer.TWILIO else 1000
@@ -411,17 +372,10 @@ class CallBridge:
             self._actions.append(CloseAgent(code, text))
 
     def _abort_open_legs(self, now: float) -> None:
-        text = _close_reason("close handshake timed out")
+        text = close_reason("close handshake timed out")
         if self._twilio_state is not TwilioState.CLOSED:
             self._twilio_state = TwilioState.CLOSED
             self._actions.append(CloseTwilio(1006, text, abort=True))
         if self._agent_state is not AgentState.CLOSED:
             self._agent_state = AgentState.CLOSED
             self._actions.append(CloseAgent(1006, text, abort=True))
-
-
-def _close_reason(text: str) -> str:
-    encoded = text.encode("utf-8")
-    if len(encoded) <= MAX_CLOSE_REASON_BYTES:
-        return text
-    return encoded[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")

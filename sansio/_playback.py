@@ -42,7 +42,7 @@ class Echo(NamedTuple):
 class AgentPlayback:
     """Tracks what the agent said and how much of it the caller heard."""
 
-    __slots__ = ("_counters", "_mark_every", "_marks", "_open", "_playing", "generation", "last")
+    __slots__ = ("_counters", "_mark_every", "_open", "_playing", "generation", "last", "marks")
 
     def __init__(self, mark_interval_bytes: int, counters: Counters) -> None:
         self._mark_every = mark_interval_bytes  # 0: no progress marks
@@ -51,7 +51,7 @@ class AgentPlayback:
         self.last: ReplyPlayback | None = None  # the latest reply whose fate is known
         self._open: _Reply | None = None
         self._playing: dict[int, _Reply] = {}
-        self._marks: dict[str, _Mark] = {}
+        self.marks: dict[str, _Mark] = {}  # awaiting their echo
 
     @property
     def drained(self) -> bool:
@@ -67,7 +67,7 @@ class AgentPlayback:
         reply.sent += size
         if self._mark_every and reply.sent >= reply.next_mark:
             reply.next_mark = reply.sent + self._mark_every
-            if len(self._marks) < MAX_PENDING_MARKS:  # progress marks are a nicety: bounded
+            if len(self.marks) < MAX_PENDING_MARKS:  # progress marks are a nicety: bounded
                 return self._mark(reply, last=False)
         return None
 
@@ -79,7 +79,7 @@ class AgentPlayback:
 
     def echoed(self, name: str) -> Echo | None:
         """Twilio echoed the mark ``name``; None if it was never sent (or already echoed)."""
-        entry = self._marks.pop(name, None)
+        entry = self.marks.pop(name, None)
         if entry is None:
             return None
         generation, reply, offset, last = entry
@@ -108,7 +108,7 @@ class AgentPlayback:
 
     def _mark(self, reply: _Reply, *, last: bool) -> str:
         name = f"{self.generation}.{reply.id}.{'end' if last else reply.sent}"
-        self._marks[name] = (self.generation, reply, reply.sent, last)
+        self.marks[name] = (self.generation, reply, reply.sent, last)
         return name
 
     def _report(self, reply: _Reply, outcome: Playback) -> ReplyPlayback:

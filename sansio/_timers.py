@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Hashable, Iterable
 from dataclasses import dataclass
 
+from ._actions import EndReason
 from ._config import BridgeConfig
 from ._state import ENDED, AgentState
 from ._tools import Tools
@@ -80,7 +81,7 @@ class Hooks:
 
     finished: Callable[[], bool]
     abort_open_legs: Callable[[float], None]
-    timed_out: Callable[[str, float], None]  # end the call (timeout) with this detail
+    end: Callable[[EndReason, str, float], None]
     no_welcome: Callable[[float], None]
 
 
@@ -91,7 +92,7 @@ def call_timers(
     c, S = config, AgentState
 
     def timeout(detail: str) -> Callable[[float], None]:
-        return lambda now: hooks.timed_out(detail, now)
+        return lambda now: hooks.end(EndReason.TIMEOUT, detail, now)
 
     return Timers(
         (

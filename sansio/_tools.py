@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ._actions import Action, AgentNotice, CancelTool, RunTool
+from ._actions import Action, AgentNotice, CancelTool, EndReason, RunTool
 from ._agent import FunctionCall, cancelled_ids, function_call_response, function_calls
 from ._config import BridgeConfig
 from ._counters import Counters
@@ -24,9 +24,9 @@ class Tools:
         "_actions",
         "_counters",
         "_drained",
+        "_end",
         "_end_call",
         "_grace",
-        "_hang_up",
         "_hangup_at",
         "_hangup_requested",
         "_loads",
@@ -43,7 +43,7 @@ class Tools:
         counters: Counters,
         uplink: Uplink,
         drained: Callable[[], bool],
-        hang_up: Callable[[str, float], None],
+        end: Callable[[EndReason, str, float], None],
     ) -> None:
         self._end_call = config.end_call_tool
         self._grace = config.hangup_grace
@@ -53,7 +53,7 @@ class Tools:
         self._counters = counters
         self._uplink = uplink
         self._drained = drained  # nothing of the agent's is still playing
-        self._hang_up = hang_up  # end the call (end_call) with this detail
+        self._end = end  # end the call
         self._pending: dict[str, str] = {}  # call id -> tool name
         self._withdrawn: set[str] = set()
         self._hangup_requested: float | None = None
@@ -100,9 +100,6 @@ class Tools:
             self._actions.append(CancelTool(call_id))
         self._pending.clear()
 
-    def wants(self, call_id: str) -> bool:
-        return call_id in self._pending
-
     def result(self, call_id: str, content: str, now: float) -> None:
         name = self._pending.pop(call_id, None)
         if name is None:
@@ -131,11 +128,12 @@ class Tools:
         """
         assert self._hangup_requested is not None
         if self._drained():
-            self._hang_up("end_call: goodbye played", now)
+            self._end(EndReason.TOOL, "end_call: goodbye played", now)
         elif deadline:
             final = self._hangup_requested + self._timeout
             if now >= final:
-                self._hang_up("end_call: goodbye still playing at hangup_timeout", now)
+                detail = "end_call: goodbye still playing at hangup_timeout"
+                self._end(EndReason.TOOL, detail, now)
             else:
                 self._hangup_at = final
 
