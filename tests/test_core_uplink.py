@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from sansio import Action, Dtmf, PeerIgnored, SendAgentAudio, SendAgentText
+from sansio import Action, AgentState, Dtmf, PeerIgnored, SendAgentAudio, SendAgentText
 from sansio._counters import Counters
 from sansio._uplink import MAX_HELD_DTMF, Uplink
 
-from .helpers import config, twilio_dtmf
+from .helpers import Call, agent, agent_audio_of, agent_texts, config, twilio_dtmf, twilio_media
 
 
 def make(**overrides: object) -> tuple[Uplink, list[Action], Counters]:
@@ -66,3 +66,15 @@ def test_keepalive_counts_from_the_last_text_or_audio_sent() -> None:
     up.keepalive(10.0)
     assert actions == [SendAgentText('{"type":"KeepAlive"}')] and counters.keepalives == 1
     assert up.keepalive_due() == 18.0
+
+
+def test_the_bridge_holds_caller_audio_while_settings_are_pending() -> None:
+    call = Call(config(chunk_ms=20))
+    call.start()
+    call.core.agent_connected(call.now)
+    out = call.agent(agent("Welcome", request_id="r"))  # Settings sent: CONFIGURING
+    assert call.core.agent_state is AgentState.CONFIGURING and agent_texts(out)
+    assert agent_audio_of(call.twilio(twilio_media(b"\x01" * 160))) == b""
+    assert agent_audio_of(call.twilio(twilio_media(b"\x02" * 160))) == b""
+    out = call.agent(agent("SettingsApplied"))
+    assert agent_audio_of(out) == b"\x01" * 160 + b"\x02" * 160
