@@ -241,7 +241,9 @@ class CallBridge:
         if self._agent_state is not AgentState.READY:
             self._fail(Peer.AGENT, "the agent sent audio before SettingsApplied", 1008, now)
             return
-        self._open_downlink().audio(audio)
+        downlink = self._downlink
+        assert downlink is not None  # READY implies Twilio's start was seen
+        downlink.audio(audio)
 
     def agent_closed(self, code: int | None, now: float, reason: str = "") -> None:
         """The agent leg is gone, or could not be opened (``reason`` says why)."""

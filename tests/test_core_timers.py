@@ -7,7 +7,7 @@ import pytest
 from sansio import AgentState, CallBridge, LocalProtocolError, TwilioState
 from sansio._timers import Timer, Timers
 
-from .helpers import Call, agent, config
+from .helpers import Call, agent, config, function_call, twilio_mark
 
 
 def test_next_deadline_is_the_earliest_armed_row_of_the_phase() -> None:
@@ -86,3 +86,18 @@ def test_states_are_read_only() -> None:
     for name in ("twilio_state", "agent_state", "ended", "error", "last_reply"):
         with pytest.raises(AttributeError):
             setattr(core, name, None)
+
+
+def test_end_call_waits_for_the_reply_still_being_sent() -> None:
+    call = Call()
+    call.ready()
+    call.agent_audio(b"\x01" * 160)
+    call.agent(agent("AgentAudioDone"))  # reply 1 is complete; its last mark is 0.1.end
+    call.agent(function_call("c1", "end_call"))
+    call.agent_audio(b"\x02" * 160)  # reply 2, the goodbye, is still being sent
+    call.twilio(twilio_mark("0.1.end"))
+    assert call.core.ended is None
+    call.agent(agent("AgentAudioDone"))
+    call.twilio(twilio_mark("0.2.end"))
+    ended = call.core.ended
+    assert ended is not None and ended.detail == "end_call: goodbye played"
