@@ -37,9 +37,10 @@ from ._actions import (
     SendTwilioText,
     Transcript,
 )
-from ._bridge import AgentState, CallBridge, TwilioState
+from ._bridge import CallBridge
 from ._config import BridgeConfig, fill_placeholders, validate_settings
 from ._errors import BridgeError, ConfigError, LocalProtocolError, Peer, RemoteProtocolError
+from ._state import AgentState, TwilioState
 
 __all__ = [
     "Action",

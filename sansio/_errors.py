@@ -7,7 +7,9 @@ on ``CallBridge.error`` and turned into close actions. Misuse by the driver rais
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
+from typing import Any
 
 
 class Peer(Enum):
@@ -46,3 +48,23 @@ class ConfigError(BridgeError, ValueError):
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+
+
+MAX_CLOSE_REASON_BYTES = 120  # a WebSocket close reason must fit in 123 bytes
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to fit a WebSocket close frame, on a character boundary."""
+    encoded = text.encode("utf-8")
+    if len(encoded) <= MAX_CLOSE_REASON_BYTES:
+        return text
+    return encoded[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")
+
+
+def decode_object(loads: Callable[[str], Any], text: str) -> dict[str, Any] | str:
+    """A peer's message as a JSON object, or what is wrong with it (the call fails, 1007)."""
+    try:
+        message = loads(text)
+    except (ValueError, TypeError, RecursionError):
+        return "a message that is not JSON"
+    return message if type(message) is dict else "JSON that is not an object"

@@ -17,7 +17,6 @@ from sansio import (
     Action,
     AgentNotice,
     AgentReady,
-    AgentState,
     AgentWarning,
     BargeIn,
     CallBridge,
@@ -29,7 +28,6 @@ from sansio import (
     CloseTwilio,
     Dtmf,
     EndReason,
-    LocalProtocolError,
     Notice,
     OpenAgent,
     PeerIgnored,
@@ -41,7 +39,6 @@ from sansio import (
     SendTwilioMedia,
     SendTwilioText,
     Transcript,
-    TwilioState,
 )
 from server.agent_leg import AgentLeg
 from server.ws import WsPeer
@@ -51,8 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("server.call")
 
-_AGENT_OPEN = frozenset({AgentState.AWAITING_WELCOME, AgentState.CONFIGURING, AgentState.READY})
-_TWILIO_CLOSED = TwilioState.CLOSED
 _AGENT_ERRORS = frozenset({EndReason.AGENT_ERROR, EndReason.AGENT_UNREACHABLE})
 _PEER_FAULTS = frozenset({1002, 1003, 1007, 1009})  # close codes that blame the peer's frames
 
@@ -124,14 +119,14 @@ class CallDriver:
         ws = self.ws
         ws.remote_closed = True
         core = self.core
-        if core.twilio_state is not _TWILIO_CLOSED:
+        if core.accepts_twilio_input:
             core.twilio_closed(_close_code(ws.close_code), self.loop.time())
         self._pump()
 
     def _twilio_input(self, messages: list[str | bytes]) -> None:
         core = self.core
         ws = self.ws
-        if core.twilio_state is not _TWILIO_CLOSED:
+        if core.accepts_twilio_input:
             now = self.loop.time()
             for message in messages:
                 if type(message) is str:
@@ -148,13 +143,13 @@ class CallDriver:
     # ------------------------------------------------------------------ agent side
 
     def agent_connected(self) -> None:
-        if self.core.agent_state is AgentState.CONNECTING:
+        if self.core.awaits_agent_connection:
             self.core.agent_connected(self.loop.time())
             self._pump()
 
     def agent_message(self, message: str | bytes) -> None:
         core = self.core
-        if core.agent_state not in _AGENT_OPEN:
+        if not core.accepts_agent_input:
             return
         if type(message) is str:
             core.agent_text(message, self.loop.time())
@@ -219,11 +214,11 @@ class CallDriver:
                 if not actions:
                     break
                 for action in actions:
-                    handler = dispatch.get(type(action))
+                    kind = type(action)
+                    handler = dispatch.get(kind)
                     if handler is None:
-                        self._unknown_action(action)
-                    else:
-                        handler(action)
+                        handler = dispatch[kind] = self._handler_for(kind)
+                    handler(action)
             agent = self.agent
             if agent is not None:
                 agent.flush()
@@ -338,13 +333,8 @@ class CallDriver:
             self._tools.pop(action.call_id, None)
         if not ok:
             self.metrics.tool_errors += 1
-        core = self.core
-        if core.ended is not None or core.agent_state is not AgentState.READY:
-            return
-        try:
-            core.tool_result(action.call_id, content, self.loop.time())
-        except LocalProtocolError as exc:  # pragma: no cover - the core withdrew it
-            log.debug("tool result not wanted: %s", exc)
+        # A result the core no longer wants (cancelled, or the call ended) is dropped by it.
+        self.core.tool_result(action.call_id, content, self.loop.time())
         self._pump()
 
     def _cancel_tool(self, action: CancelTool) -> None:
@@ -439,6 +429,15 @@ class CallDriver:
     def _on_debug_notice(self, notice: Notice) -> None:
         if self._debug:
             log.debug("callSid=%s %r", self.call_sid, notice)
+
+    def _handler_for(self, kind: type[Action]) -> Callable[[Any], None]:
+        """The handler of the nearest registered base class: a subclass of an action is run
+        as that action (the result is cached in the dispatch table)."""
+        for base in kind.__mro__[1:]:
+            handler = self._dispatch.get(base)
+            if handler is not None:
+                return handler
+        return self._unknown_action
 
     def _unknown_action(self, action: Action) -> None:
         if isinstance(action, Notice):

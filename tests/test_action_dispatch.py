@@ -1,0 +1,77 @@
+"""The asyncio driver runs an action by the nearest registered class in its MRO, so a new
+subclass of an action is executed as that action rather than ending the call."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+from sansio import Action, EndReason, SendTwilioMedia, SendTwilioText
+from server.call import CallDriver
+from server.metrics import Metrics
+from server.ws import WsPeer
+
+from .helpers import config
+
+
+@dataclass(frozen=True, slots=True)
+class SendTwilioGreeting(SendTwilioMedia):
+    """A subclass no driver has heard of."""
+
+
+@dataclass(frozen=True, slots=True)
+class Teleport(Action):
+    """A command no driver can carry out."""
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:  # pragma: no cover - the call does not end here
+        raise AssertionError("closed")
+
+
+def make_driver(loop: asyncio.AbstractEventLoop) -> tuple[CallDriver, FakeTransport]:
+    options = SimpleNamespace(bridge=config(), max_write_buffer=1 << 20)
+    server: Any = SimpleNamespace(loop=loop, metrics=Metrics(), options=options)
+    transport = FakeTransport()
+    return CallDriver(server, transport, WsPeer()), transport  # type: ignore[arg-type]
+
+
+def test_a_subclass_of_an_action_runs_as_that_action() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        driver, transport = make_driver(loop)
+        driver.core._actions.append(SendTwilioGreeting('{"event":"media"}'))
+        driver._pump()
+        assert b'{"event":"media"}' in b"".join(transport.written)
+        assert driver.core.ended is None
+        # The resolution is cached: the subclass now has the base class's handler.
+        assert driver._dispatch[SendTwilioGreeting] == driver._dispatch[SendTwilioText]
+    finally:
+        loop.close()
+
+
+def test_an_unknown_command_still_ends_the_call() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        driver, _ = make_driver(loop)
+        driver.core._actions.append(Teleport())
+        driver._pump()
+        ended = driver.core.ended
+        assert ended is not None and ended.reason is EndReason.PROTOCOL_ERROR
+        assert ended.detail == "driver bug: unknown action"
+    finally:
+        loop.close()
