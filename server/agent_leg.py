@@ -35,7 +35,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from server import __version__
-from server.settings import is_loopback
+from server.options import is_loopback
 
 if TYPE_CHECKING:
     from server.call import CallDriver

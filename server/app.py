@@ -22,7 +22,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from server.metrics import Metrics
-from server.settings import ServerOptions, StartupError
+from server.options import ServerOptions, StartupError
 from server.tools import ToolRegistry
 
 if TYPE_CHECKING:

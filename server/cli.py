@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from server import __version__
-from server.settings import DEFAULT_AGENT_URL, StartupError, make_options
+from server.options import DEFAULT_AGENT_URL, StartupError, make_options
 
 PROG = "twilio-agent-bridge"
 log = logging.getLogger("server")

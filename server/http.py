@@ -26,7 +26,7 @@ from wsproto.utilities import generate_accept_token
 from server import __version__, signature
 from server.call import CallDriver
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from server.settings import MEDIA_STREAM_PATH, WEBHOOK_PATH
+from server.options import MEDIA_STREAM_PATH, WEBHOOK_PATH
 from server.ws import WsPeer
 
 if TYPE_CHECKING:
