@@ -240,7 +240,10 @@ class AgentLeg(asyncio.Protocol):
             protocol.send_binary(message)
         else:
             protocol.send_text(message.encode("utf-8"))  # type: ignore[union-attr]
-        self._write()
+        transport = self.transport
+        assert transport is not None
+        for data in protocol.data_to_send():  # one frame, never the end of the stream
+            transport.write(data)
 
     @property
     def buffered(self) -> int:
