@@ -1,103 +1,82 @@
-"""The agent leg of one call: a ``websockets`` client to the Deepgram Voice Agent API.
+"""The agent leg of one call: websockets' Sans-I/O ``ClientProtocol`` under an ``asyncio.Protocol``.
 
-It reports ``connected`` / each message / ``closed`` to its :class:`~server.call.CallDriver`,
-which feeds the core. The bytes queued here plus those in the transport's buffer are exposed as
-:attr:`AgentLeg.buffered` so the driver can end a call whose agent stopped reading instead of
+It mirrors the Twilio leg. The connection is opened with ``loop.create_connection`` (TLS
+with the default context, so certificates and the host name are checked, for ``wss://``),
+and the handshake carries ``Authorization: Token <key>`` and our ``User-Agent``. Each read
+goes to the protocol object. The events come back in order: the handshake response becomes
+``agent_connected``, and every whole text or binary message becomes ``agent_message``, in
+the same callback, through the narrow :class:`AgentEvents` interface. Each
+:meth:`AgentLeg.send` frames and writes at once. :attr:`AgentLeg.buffered` is what the
+transport holds unsent, so the call can end a call whose agent stopped reading instead of
 growing memory.
 
-Hot path, both ways, without a task switch per message:
-
-* Sending: while the connection is open and its transport buffer is under the write limit,
-  :meth:`AgentLeg.send` frames the message at once with the connection's Sans-I/O protocol
-  object (``ws.protocol.send_binary``), and :meth:`AgentLeg.flush`, called once at the end of
-  the driver's pump, writes everything framed in that pump with one ``transport.write``.
-  Otherwise messages are queued, and one writer task drains the whole queue per wake-up
-  with ``await ws.send()`` (which waits for the transport to drain).
-* Receiving: a ``ClientConnection`` subclass hands each complete text or binary message to
-  the driver from ``data_received`` (``process_event``) instead of queueing it for a reader
-  task. A fragmented message (never seen from Deepgram) switches the connection back to the
-  stock path for good, so order is kept. A reader task still runs ``async for`` to see the
-  close and any fragmented messages.
+Bounds: ``connect_timeout`` covers TCP, TLS and the handshake; ``close_timeout`` covers the
+close handshake, after which the TCP connection is dropped; a message over
+``max_message_bytes`` fails the connection with 1009. HTTP proxies (``HTTPS_PROXY``) are not
+used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+import ssl
+from typing import Protocol
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
 from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from server import __version__
-from server.settings import is_loopback
-
-if TYPE_CHECKING:
-    from server.call import CallDriver
 
 log = logging.getLogger("server.agent")
 
 USER_AGENT = f"twilio-agent-bridge/{__version__}"
-WRITE_LIMIT = 65536
-_TEXT = Opcode.TEXT
-_BINARY = Opcode.BINARY
-_OPEN = State.OPEN
 
 
-class _AgentConnection(ClientConnection):
-    """Delivers whole data messages synchronously to ``sink`` (see the module docstring)."""
+class AgentEvents(Protocol):
+    """What an agent leg reports to the call it belongs to."""
 
-    sink: Callable[[str | bytes], None] | None = None
+    def agent_connected(self) -> None:
+        """The handshake succeeded: messages may be sent."""
 
-    def process_event(self, event: Any) -> None:
-        sink = self.sink
-        if sink is not None and type(event) is Frame and self.response is not None:
-            opcode = event.opcode
-            if opcode is _BINARY or opcode is _TEXT:
-                if not event.fin:  # fragmented: the stock assembler keeps the order from now
-                    self.sink = None
-                else:
-                    data: bytes = event.data  # type: ignore[assignment]  # bytes when received
-                    if opcode is _BINARY:
-                        sink(data)
-                        return
-                    try:
-                        text = data.decode("utf-8")
-                    except UnicodeDecodeError:
-                        self.sink = None  # the stock path reports it and closes with 1007
-                    else:
-                        sink(text)
-                        return
-        super().process_event(event)
+    def agent_message(self, message: str | bytes) -> None:
+        """One whole message (str: text, bytes: binary)."""
+
+    def agent_closed(self, code: int | None, reason: str, failure: tuple[int, str] | None) -> None:
+        """The leg is gone (reported once). ``code`` is None without a close frame;
+        ``failure`` is the close this client sent when the agent broke the protocol."""
 
 
-class AgentLeg:
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One default client context per process: loading the CA store costs milliseconds."""
+    return ssl.create_default_context()
+
+
+class AgentLeg(asyncio.Protocol):
     __slots__ = (
         "_close_request",
+        "_close_timeout",
         "_closer",
-        "_connected",
-        "_dirty",
-        "_driver",
-        "_early",
-        "_loop",
-        "_options",
-        "_url",
-        "_waiter",
-        "_writer",
-        "queue",
-        "queued",
+        "_handshake",
+        "_parts",
+        "_reported",
+        "call",
+        "connected",
+        "loop",
+        "protocol",
         "task",
-        "ws",
+        "transport",
     )
 
     def __init__(
         self,
-        driver: CallDriver,
+        call: AgentEvents,
         url: str,
         api_key: str,
         *,
@@ -105,194 +84,224 @@ class AgentLeg:
         max_message_bytes: int,
         close_timeout: float,
     ) -> None:
-        self._driver = driver
-        self._loop = asyncio.get_running_loop()
-        self._url = url
-        host = urlsplit(url).hostname
-        self._options: dict[str, Any] = {
-            "additional_headers": [("Authorization", f"Token {api_key}")],
-            "user_agent_header": USER_AGENT,
-            "open_timeout": connect_timeout,
-            "close_timeout": close_timeout,
-            "max_size": max_message_bytes,
-            "compression": None,  # audio does not compress, and deflate costs CPU per frame
-            "ping_interval": 20,  # notices a dead TCP path; the core sends KeepAlive too
-            "ping_timeout": 20,
-            "max_queue": 64,
-            "write_limit": WRITE_LIMIT,
-            "proxy": None if is_loopback(host) else True,
-            "create_connection": self._make_connection,
-        }
-        self.ws: ClientConnection | None = None
-        self.queue: deque[str | bytes] = deque()
-        self.queued = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._closer: asyncio.Task[None] | None = None
+        self.call = call
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.protocol: ClientProtocol | None = None
+        self.connected = False  # the handshake succeeded and the call was told
+        self._handshake: asyncio.Future[BaseException | None] = self.loop.create_future()
+        self._parts: list[bytes] = []  # a fragmented message (never seen from Deepgram)
         self._close_request: tuple[int, str] | None = None
-        self._connected = False  # the driver was told; messages go straight to it
-        self._early: list[str | bytes] = []  # messages that came with the handshake
-        self._dirty = False  # frames were made by send() and await flush()
-        self.task = self._loop.create_task(self._run())
+        self._close_timeout = close_timeout
+        self._closer: asyncio.TimerHandle | None = None
+        self._reported = False
+        self.task = self.loop.create_task(
+            self._open(url, api_key, connect_timeout, max_message_bytes)
+        )
 
-    def _make_connection(self, *args: Any, **kwargs: Any) -> ClientConnection:
-        connection = _AgentConnection(*args, **kwargs)
-        connection.sink = self._deliver
-        return connection
+    # ------------------------------------------------------------------ opening
 
-    def _deliver(self, message: str | bytes) -> None:
-        if not self._connected:
-            self._early.append(message)
-            return
+    async def _open(
+        self, url: str, api_key: str, connect_timeout: float, max_message_bytes: int
+    ) -> None:
         try:
-            self._driver.agent_message(message)
-        except Exception:  # never let a driver bug break the websockets protocol
-            log.exception("error while handling an agent message; dropping the agent leg")
-            self.abort()
+            uri = parse_uri(url)
+            protocol = ClientProtocol(uri, max_size=max_message_bytes)
+            request = protocol.connect()
+            request.headers["User-Agent"] = USER_AGENT
+            request.headers["Authorization"] = f"Token {api_key}"
+            protocol.send_request(request)
+            self.protocol = protocol
+            tls = _tls_context() if uri.secure else None
+            host = uri.host if tls is not None else None  # the name the certificate must carry
+            async with asyncio.timeout(connect_timeout):
+                await self.loop.create_connection(
+                    lambda: self, uri.host, uri.port, ssl=tls, server_hostname=host
+                )
+                failed = await self._handshake
+            if failed is not None:
+                raise failed
+        except asyncio.CancelledError:  # the call ended while we were connecting
+            self._gone("connection attempt abandoned")
+        except Exception as exc:
+            reason = describe_connect_error(exc)
+            log.warning("agent connection failed: %s", reason)
+            self._gone(reason)
 
-    # ------------------------------------------------------------------ driver side
+    def _gone(self, reason: str) -> None:
+        """Opening failed or was abandoned: drop what there is and report it once."""
+        if self.transport is not None:
+            self.transport.abort()
+        self._report(None, reason, None)
+
+    def _report(self, code: int | None, reason: str, failure: tuple[int, str] | None) -> None:
+        if not self._reported:
+            self._reported = True
+            self.call.agent_closed(code, reason, failure)
+
+    # ------------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self._write()  # the handshake request
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
+        assert protocol is not None
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        self._write()
+        if protocol.close_expected():
+            self._arm_closer()
+        for event in events:
+            if type(event) is Frame:
+                if self.connected:
+                    self._frame(event)
+            elif type(event) is Response:
+                self._handshake_done(protocol)
+
+    def eof_received(self) -> bool | None:
+        protocol = self.protocol
+        assert protocol is not None
+        protocol.receive_eof()
+        self._write()
+        return None  # the transport closes; connection_lost reports
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closer is not None:
+            self._closer.cancel()
+        protocol = self.protocol
+        assert protocol is not None
+        protocol.receive_eof()  # idempotent: the state is CLOSED from here
+        if not self.connected:
+            if not self._handshake.done():
+                error = protocol.handshake_exc or exc or ConnectionError("connection lost")
+                self._handshake.set_result(error)
+            return  # _open reports
+        sent = protocol.close_sent
+        failure = None
+        if (
+            sent is not None
+            and sent.code != 1000
+            and not protocol.close_rcvd_then_sent  # not the echo of the agent's close
+            and self._close_request is None  # nor a close the call asked for
+        ):
+            failure = (sent.code, sent.reason)  # we failed it: say why, not "1006"
+        code = protocol.close_code
+        self._report(None if code == 1006 else code, protocol.close_reason or "", failure)
+
+    def _handshake_done(self, protocol: ClientProtocol) -> None:
+        if self._handshake.done():  # pragma: no cover - timed out in the same pass
+            return
+        failed = protocol.handshake_exc
+        self._handshake.set_result(failed)
+        if failed is not None or self._close_request is not None:
+            return  # _open reports it (a close while connecting cancelled it)
+        self.connected = True
+        self.call.agent_connected()
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.BINARY or opcode is Opcode.TEXT or opcode is Opcode.CONT:
+            data: bytes = frame.data  # type: ignore[assignment]  # bytes when received
+            if opcode is Opcode.CONT or not frame.fin:  # a fragmented message: assemble it
+                if opcode is not Opcode.CONT:
+                    self._parts = [bytes((opcode.value,))]
+                self._parts.append(data)
+                if not frame.fin:
+                    return
+                first, *rest = self._parts
+                self._parts = []
+                opcode = Opcode(first[0])
+                data = b"".join(rest)
+            if opcode is Opcode.BINARY:
+                message: str | bytes = data
+            else:
+                try:
+                    message = data.decode("utf-8")
+                except UnicodeDecodeError:
+                    self._fail(1007, "invalid UTF-8")
+                    return
+            try:
+                self.call.agent_message(message)
+            except Exception:  # a driver bug must cost this leg, never the server
+                log.exception("error while handling an agent message; dropping the agent leg")
+                self.abort()
+        # Ping, pong and close: the protocol object answers them itself.
+
+    # ------------------------------------------------------------------ the call's side
 
     def send(self, message: str | bytes) -> None:
-        """Send one message (str: text frame, bytes: binary frame); see :meth:`flush`."""
-        ws = self.ws
-        if (
-            ws is not None
-            and not self.queue
-            and ws.protocol.state is _OPEN
-            and ws.transport.get_write_buffer_size() <= WRITE_LIMIT
-        ):
-            if type(message) is bytes:
-                ws.protocol.send_binary(message)
-            else:
-                ws.protocol.send_text(message.encode("utf-8"))  # type: ignore[union-attr]
-            self._dirty = True
+        """Send one message (str: text frame, bytes: binary frame); dropped once closing."""
+        protocol = self.protocol
+        if protocol is None or protocol.state is not State.OPEN:
             return
-        self.queue.append(message)
-        self.queued += len(message)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def flush(self) -> None:
-        """Write what :meth:`send` framed since the last flush, with one write."""
-        if not self._dirty:
-            return
-        self._dirty = False
-        ws = self.ws
-        if ws is None:  # pragma: no cover
-            return
-        chunks = ws.protocol.data_to_send()
-        if not chunks:
-            return
-        if all(chunks):
-            if not ws.transport.is_closing():
-                ws.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-            return
-        # An end-of-stream marker among them (the protocol failed): let websockets act on it.
-        for chunk in chunks:  # pragma: no cover - only when the protocol fails mid-send
-            if chunk:
-                ws.transport.write(chunk)
-            elif ws.transport.can_write_eof():
-                ws.transport.write_eof()
-            else:
-                ws.transport.close()
+        if type(message) is bytes:
+            protocol.send_binary(message)
+        else:
+            protocol.send_text(message.encode("utf-8"))  # type: ignore[union-attr]
+        transport = self.transport
+        assert transport is not None
+        for data in protocol.data_to_send():  # one frame, never the end of the stream
+            transport.write(data)
 
     @property
     def buffered(self) -> int:
-        """Bytes queued here plus bytes waiting in the transport."""
-        ws = self.ws
-        if ws is None:
-            return self.queued
-        return self.queued + ws.transport.get_write_buffer_size()
+        """Bytes waiting in the transport."""
+        transport = self.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
 
     def close(self, code: int, reason: str, abort: bool = False) -> None:
         """Close the leg (or give up connecting); ``closed`` is reported when it is gone."""
         if self._close_request is None:
             self._close_request = (code, reason)
-        ws = self.ws
-        if ws is None:
-            if not self.task.done():
+        if not self.connected:
+            if not self._handshake.done():
                 self.task.cancel()
         elif abort:
-            ws.transport.abort()
-        elif self._closer is None:
-            self._closer = self._loop.create_task(ws.close(code, reason))
+            self.abort()
+        else:
+            self._send_close(code, reason)
 
     def abort(self) -> None:
-        ws = self.ws
-        if ws is not None:
-            ws.transport.abort()
+        if self.connected and self.transport is not None:
+            self.transport.abort()
         elif not self.task.done():
             self.task.cancel()
 
-    # ------------------------------------------------------------------ tasks
+    # ------------------------------------------------------------------ writing
 
-    async def _run(self) -> None:
-        driver = self._driver
-        code: int | None = None
-        reason = ""
-        failure: tuple[int, str] | None = None
-        try:
-            try:
-                ws = await connect(self._url, **self._options)
-            except asyncio.CancelledError:
-                reason = "connection attempt abandoned"
-                return
-            except Exception as exc:
-                reason = describe_connect_error(exc)
-                log.warning("agent connection failed: %s", reason)
-                return
-            self.ws = ws
-            if self._close_request is not None:  # the call ended while we were connecting
-                await ws.close(*self._close_request)
-                code = ws.close_code
-                return
-            self._connected = True
-            driver.agent_connected()
-            early, self._early = self._early, []
-            for message in early:
-                self._deliver(message)
-            self._writer = self._loop.create_task(self._write(ws))
-            try:
-                async for message in ws:
-                    driver.agent_message(message)
-            except ConnectionClosed:
-                pass
-            code = ws.close_code
-            reason = ws.close_reason or ""
-            protocol = ws.protocol
-            sent = protocol.close_sent
-            if (
-                sent is not None
-                and sent.code != 1000
-                and not protocol.close_rcvd_then_sent  # not the echo of the agent's close
-                and self._close_request is None  # nor a close the call asked for
-            ):
-                failure = (sent.code, sent.reason)  # websockets failed it: say why, not "1006"
-        except asyncio.CancelledError:
-            reason = reason or "cancelled"
-            if self.ws is not None:
-                self.ws.transport.abort()
-        finally:
-            if self._writer is not None:
-                self._writer.cancel()
-            self.queue.clear()
-            self.queued = 0
-            driver.agent_closed(None if code == 1006 else code, reason, failure)
+    def _send_close(self, code: int, reason: str) -> None:
+        protocol = self.protocol
+        assert protocol is not None
+        if protocol.state is State.OPEN:
+            protocol.send_close(code, reason)
+            self._write()
+        self._arm_closer()
 
-    async def _write(self, ws: ClientConnection) -> None:
-        queue = self.queue
-        try:
-            while True:
-                while queue:
-                    message = queue.popleft()
-                    self.queued -= len(message)
-                    await ws.send(message)
-                self._waiter = self._loop.create_future()
-                await self._waiter
-                self._waiter = None
-        except ConnectionClosed:
-            pass  # the reader sees the close too and reports it
+    def _fail(self, code: int, reason: str) -> None:
+        protocol = self.protocol
+        assert protocol is not None
+        protocol.fail(code, reason)
+        self._write()
+        self._arm_closer()
+
+    def _arm_closer(self) -> None:
+        """The TCP connection should close soon: drop it if it has not after close_timeout."""
+        if self._closer is None and self.transport is not None:
+            self._closer = self.loop.call_later(self._close_timeout, self.transport.abort)
+
+    def _write(self) -> None:
+        protocol = self.protocol
+        transport = self.transport
+        assert protocol is not None and transport is not None
+        for data in protocol.data_to_send():
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():  # the end of the stream: half-close (no TLS)
+                transport.write_eof()
+            else:
+                transport.close()
 
 
 def describe_connect_error(exc: BaseException) -> str:

@@ -1,34 +1,32 @@
-"""The Server: listening sockets, the registry of calls, graceful shutdown, and worker processes.
+"""The Server: the composition root. Listening sockets, the registries of connections and
+calls, and graceful shutdown.
 
-``run(options)`` is what the command line calls. It serves until SIGTERM or SIGINT, then stops
-accepting, lets calls finish for ``--shutdown-grace`` seconds, ends the rest with the reason
-``shutdown`` (both legs closed with a reason), waits for their legs to close (bounded) and
-returns 0.
+``serve(options)`` serves until SIGTERM or SIGINT, then stops accepting, lets calls finish
+for ``--shutdown-grace`` seconds, ends the rest with the reason ``shutdown`` (both legs closed
+with a reason), waits for their legs to close (bounded) and returns 0. Worker processes are
+the command line's (:mod:`server.cli`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
-import multiprocessing
 import os
 import signal
 import socket
 import ssl
-import sys
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
+from server.call import CallContext, CallDriver
+from server.http import HttpProtocol
 from server.metrics import Metrics
-from server.settings import ServerOptions, StartupError
+from server.options import ServerOptions, StartupError
 from server.tools import ToolRegistry
-
-if TYPE_CHECKING:
-    from server.call import CallDriver
-    from server.http import HttpProtocol
-    from server.peers.agent import LocalAgent
+from server.twilio_leg import TwilioLeg
 
 log = logging.getLogger("server")
 
@@ -38,7 +36,8 @@ class Server:
         self.options = options
         self.loop = asyncio.get_running_loop()
         self.calls: set[CallDriver] = set()
-        self.connections: set[HttpProtocol] = set()
+        # HTTP connections, then the media streams they became (until their call finishes).
+        self.connections: set[HttpProtocol | TwilioLeg] = set()
         self.metrics = Metrics(lambda: sum(1 for call in self.calls if call.stream_sid))
         self.tools = tools if tools is not None else ToolRegistry(timeout=options.tool_timeout)
         self.draining = False
@@ -53,14 +52,15 @@ class Server:
         self._servers: list[asyncio.Server] = []
         self._calls_empty = asyncio.Event()
         self._calls_empty.set()
-        self._local_agent: LocalAgent | None = None
+        self._stop_local_agent: Callable[[], Awaitable[None]] | None = None
+        self._call_context = CallContext(
+            self.loop, options, self.metrics, self.tools, self.agent_url
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Start listening (on ``sock`` if given). Raises StartupError if the port is taken."""
-        from server.http import HttpProtocol
-
         if self.options.local_agent:
             await self._start_local_agent()
 
@@ -108,20 +108,29 @@ class Server:
 
         agent = LocalAgent(host="127.0.0.1", port=0)
         await agent.start()
-        self._local_agent = agent
+        self._stop_local_agent = agent.stop
         self.agent_url = agent.url
+        self._call_context = dataclasses.replace(self._call_context, agent_url=agent.url)
         log.info("local agent listening at %s (no Deepgram key needed)", agent.url)
 
     def at_capacity(self) -> bool:
         limit = self.options.max_calls
         return limit is not None and len(self.calls) >= limit
 
-    def call_started(self, call: CallDriver) -> None:
+    def on_upgrade(
+        self, transport: asyncio.Transport, trailing_data: bytes, peer: str
+    ) -> TwilioLeg:
+        """A media stream was accepted: it becomes a call, and its Twilio leg gets the reads."""
+        call = CallDriver(self._call_context, transport, trailing_data, peer, self._call_finished)
         self.calls.add(call)
+        self.connections.add(call.twilio)
         self._calls_empty.clear()
+        call.start()
+        return call.twilio
 
-    def call_finished(self, call: CallDriver) -> None:
+    def _call_finished(self, call: CallDriver) -> None:
         self.calls.discard(call)
+        self.connections.discard(call.twilio)
         if not self.calls:
             self._calls_empty.set()
 
@@ -132,7 +141,8 @@ class Server:
         for srv in self._servers:
             srv.close()
         for conn in list(self.connections):
-            conn.close_idle()
+            if isinstance(conn, HttpProtocol):
+                conn.close_idle()
         if self.calls:
             log.info("shutting down: waiting up to %ss for %d call(s)", grace, len(self.calls))
             with contextlib.suppress(TimeoutError):
@@ -151,13 +161,13 @@ class Server:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._calls_empty.wait(), 1.0)
         for conn in list(self.connections):
-            conn._close()
+            conn.close()
         for srv in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
-        if self._local_agent is not None:
+        if self._stop_local_agent is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._local_agent.stop(), 2.0)
+                await asyncio.wait_for(self._stop_local_agent(), 2.0)
 
 
 # ---------------------------------------------------------------------- running
@@ -225,85 +235,3 @@ def run_loop(main: Callable[[], Coroutine[Any, Any, int]], loop_choice: str) -> 
 
         return uvloop.run(main())
     return asyncio.run(main())
-
-
-def run(
-    options: ServerOptions, tools: ToolRegistry | None = None, argv: list[str] | None = None
-) -> int:
-    """Serve until a signal; with ``--workers N`` also run N-1 worker processes."""
-    if options.workers <= 1:
-        return run_loop(lambda: serve(options, tools=tools), options.loop)
-    return _run_workers(options, tools, argv or [])
-
-
-def _bind_reuseport(options: ServerOptions) -> socket.socket:
-    infos = socket.getaddrinfo(
-        options.host, options.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        where = f"{options.host}:{options.port}"
-        if exc.errno == errno.EADDRINUSE:
-            raise StartupError(f"cannot listen on {where}: address already in use", 1) from None
-        raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}", 1) from None
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
-def _worker_main(argv: list[str], index: int) -> None:
-    """Entry point of a worker process (spawned): parse the same flags and serve."""
-    from server import cli
-
-    code = cli.main([*argv, "--workers", "1", "--reuse-port"], worker=index)
-    sys.exit(code)
-
-
-def _run_workers(options: ServerOptions, tools: ToolRegistry | None, argv: list[str]) -> int:
-    if not hasattr(socket, "SO_REUSEPORT"):
-        raise StartupError("--workers needs SO_REUSEPORT, which this platform lacks")
-    sock = _bind_reuseport(options)  # fails here, in the parent, if the port is taken
-    context = multiprocessing.get_context("spawn")
-    children = []
-    for index in range(1, options.workers):
-        child = context.Process(
-            target=_worker_main, args=(argv, index), name=f"worker-{index}", daemon=False
-        )
-        child.start()
-        children.append(child)
-    log.info("started %d worker process(es) sharing port %d", len(children), options.port)
-
-    def forward() -> None:
-        for child in children:
-            if child.pid is not None and child.is_alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, signal.SIGTERM)
-
-    async def main() -> int:
-        loop = asyncio.get_running_loop()
-        # Forward once: a second SIGTERM could reach a worker whose loop has already closed
-        # (default handler back), killing it mid-exit and making the parent exit with -15.
-        code = await serve(options, tools=tools, sock=sock, on_signal=forward)
-        deadline = loop.time() + options.shutdown_grace + options.bridge.close_timeout + 5
-        for child in children:
-            while child.is_alive() and loop.time() < deadline:
-                await asyncio.sleep(0.05)
-        return code
-
-    code = run_loop(main, options.loop)
-    worst = code
-    for child in children:
-        child.join(timeout=1.0)
-        if child.is_alive():
-            child.kill()
-            child.join()
-            worst = worst or 1
-        elif child.exitcode:
-            worst = worst or child.exitcode
-    return worst

@@ -1,9 +1,11 @@
 """CallDriver: runs one call by executing the actions of a :class:`sansio.CallBridge`.
 
-It owns the core, the Twilio WebSocket (a :class:`~server.ws.WsPeer` on the accepted TCP
-transport), the agent leg and a single timer. It holds no call logic: inputs go to the core
-with ``now=loop.time()``, and :meth:`CallDriver._pump` executes what comes out, dispatching on
-the action's class, then writes all Twilio output of the pump with one ``transport.write``.
+It owns the core, the two legs (:class:`~server.twilio_leg.TwilioLeg` on the accepted TCP
+transport, :class:`~server.agent_leg.AgentLeg` to the agent) and a single timer. It holds no
+call logic: the legs report to it through their narrow event interfaces, inputs go to the core
+with ``now=loop.time()``, and :meth:`CallDriver._pump` executes what comes out
+(:meth:`CallDriver._execute`), then writes all Twilio output of the pump with one write. What
+it needs from the server comes in a :class:`CallContext` and an ``on_finished`` callback.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from sansio import (
     Action,
@@ -41,10 +44,11 @@ from sansio import (
     Transcript,
 )
 from server.agent_leg import AgentLeg
+from server.metrics import Metrics
+from server.options import ServerOptions
+from server.tools import ToolRegistry
+from server.twilio_leg import TwilioLeg
 from server.ws import WsPeer
-
-if TYPE_CHECKING:
-    from server.app import Server
 
 log = logging.getLogger("server.call")
 
@@ -52,16 +56,33 @@ _AGENT_ERRORS = frozenset({EndReason.AGENT_ERROR, EndReason.AGENT_UNREACHABLE})
 _PEER_FAULTS = frozenset({1002, 1003, 1007, 1009})  # close codes that blame the peer's frames
 
 
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What every call of one server shares (the agent URL is known once the server started)."""
+
+    loop: asyncio.AbstractEventLoop
+    options: ServerOptions
+    metrics: Metrics
+    tools: ToolRegistry
+    agent_url: str
+
+
 class CallDriver:
     def __init__(
-        self, server: Server, transport: asyncio.Transport, ws: WsPeer, peer: str = ""
+        self,
+        context: CallContext,
+        transport: asyncio.Transport,
+        trailing_data: bytes,
+        peer: str,
+        on_finished: Callable[[CallDriver], None],
     ) -> None:
-        self.server = server
-        self.loop = server.loop
-        self.metrics = server.metrics
-        self.options = server.options
-        self.transport = transport
-        self.ws = ws
+        self.context = context
+        self.loop = context.loop
+        self.metrics = context.metrics
+        self.options = context.options
+        self._on_finished = on_finished
+        self.ws = WsPeer(trailing_data, self.options.max_message_bytes)
+        self.twilio = TwilioLeg(transport, self.ws, self, peer)
         self.peer = peer
         now = self.loop.time()
         self.core = CallBridge(self.options.bridge, now=now)
@@ -105,25 +126,17 @@ class CallDriver:
 
     def start(self) -> None:
         """Process what arrived behind the upgrade request, and arm the first timer."""
-        self._twilio_input(self.ws.feed(b""))
-
-    def twilio_data(self, data: bytes) -> None:
-        """Everything one ``data_received`` gave: all messages first, then one pump."""
-        self._twilio_input(self.ws.feed(data))
-
-    def twilio_eof(self) -> None:
-        self._twilio_input(self.ws.eof())
+        self.twilio_messages(self.ws.feed(b""))
 
     def twilio_lost(self) -> None:
         """The TCP connection is gone."""
-        ws = self.ws
-        ws.remote_closed = True
         core = self.core
         if core.accepts_twilio_input:
-            core.twilio_closed(_close_code(ws.close_code), self.loop.time())
+            core.twilio_closed(_close_code(self.ws.close_code), self.loop.time())
         self._pump()
 
-    def _twilio_input(self, messages: list[str | bytes]) -> None:
+    def twilio_messages(self, messages: list[str | bytes]) -> None:
+        """Everything one read gave: all messages first, then one pump."""
         core = self.core
         ws = self.ws
         if core.accepts_twilio_input:
@@ -181,7 +194,7 @@ class CallDriver:
 
     def abort(self) -> None:
         """Drop both legs at once (the end of a shutdown that waited long enough)."""
-        self.transport.abort()
+        self.twilio.abort()
         if self.agent is not None:
             self.agent.abort()
 
@@ -193,42 +206,41 @@ class CallDriver:
         self._pumping = True
         core = self.core
         ws = self.ws
-        transport = self.transport
-        dispatch = self._dispatch
         try:
             while True:
-                # What the WebSocket layer queued (pongs and close replies from the input, then
-                # what the last actions sent) goes out first: the write cap may end the call,
-                # and the actions that follow from that are carried out in this same pump.
-                out = ws.take_output()
-                if out and not transport.is_closing():
-                    transport.write(out)
-                    size = transport.get_write_buffer_size()
-                    if size > self._write_cap and core.ended is None:
-                        core.end(
-                            EndReason.TIMEOUT,
-                            f"caller not reading: {size} bytes unsent",
-                            self.loop.time(),
-                        )
                 actions = core.actions()
-                if not actions:
+                if actions:
+                    self._execute(actions)
+                elif not ws.out:
                     break
-                for action in actions:
-                    kind = type(action)
-                    handler = dispatch.get(kind)
-                    if handler is None:
-                        handler = dispatch[kind] = self._handler_for(kind)
-                    handler(action)
-            agent = self.agent
-            if agent is not None:
-                agent.flush()
-            if (ws.remote_closed or ws.done) and not transport.is_closing():
-                transport.close()  # the close handshake is over (or broken): end the TCP
+                if ws.out:  # pongs and close replies from the input, then what actions sent
+                    self._flush_twilio()
+            if ws.remote_closed or ws.done:
+                self.twilio.close()  # the close handshake is over (or broken): end the TCP
             self._arm_timer()
             if core.finished and not self.finished:
                 self._finish()
         finally:
             self._pumping = False
+
+    def _execute(self, actions: list[Action]) -> None:
+        """The action dispatch: run each action's handler, chosen by the action's class."""
+        dispatch = self._dispatch
+        for action in actions:
+            kind = type(action)
+            handler = dispatch.get(kind)
+            if handler is None:
+                handler = dispatch[kind] = self._handler_for(kind)
+            handler(action)
+
+    def _flush_twilio(self) -> None:
+        """One write of the pump's Twilio output. The write cap may end the call here; the
+        pump loop then carries out the actions that follow from that, in the same pump."""
+        unsent = self.twilio.flush()
+        if unsent > self._write_cap and self.core.ended is None:
+            self.core.end(
+                EndReason.TIMEOUT, f"caller not reading: {unsent} bytes unsent", self.loop.time()
+            )
 
     def _arm_timer(self) -> None:
         at = self.core.next_deadline()
@@ -264,9 +276,8 @@ class CallDriver:
             self._timer_at = None
         for task in self._tools.values():
             task.cancel()
-        if not self.transport.is_closing():
-            self.transport.close()
-        self.server.call_finished(self)
+        self.twilio.close()
+        self._on_finished(self)
 
     # ------------------------------------------------------------------ commands
 
@@ -275,7 +286,7 @@ class CallDriver:
         if agent is None:  # pragma: no cover - the core sends audio only to an open agent
             return
         audio = action.audio
-        agent.send(audio)
+        agent.send(audio)  # written at once: the end of this frame's path from Twilio
         self.metrics.caller_audio_bytes += len(audio)
         self._observe_latency(self.loop.time() - action.since)
         if agent.buffered > self._write_cap:
@@ -304,7 +315,7 @@ class CallDriver:
         options = self.options
         self.agent = AgentLeg(
             self,
-            self.server.agent_url,
+            self.context.agent_url,
             options.api_key,
             connect_timeout=options.bridge.agent_connect_timeout + 1.0,
             max_message_bytes=options.max_agent_message_bytes,
@@ -313,7 +324,7 @@ class CallDriver:
 
     def _close_twilio(self, action: CloseTwilio) -> None:
         if action.abort:
-            self.transport.abort()
+            self.twilio.abort()
         else:
             self.ws.close(action.code, action.reason)
 
@@ -328,7 +339,7 @@ class CallDriver:
 
     async def _tool(self, action: RunTool) -> None:
         try:
-            content, ok = await self.server.tools.run(action.name, action.arguments)
+            content, ok = await self.context.tools.run(action.name, action.arguments)
         finally:
             self._tools.pop(action.call_id, None)
         if not ok:

@@ -1,23 +1,32 @@
 """Command line: ``python -m server`` and the ``twilio-agent-bridge`` script.
 
-``python -m server demo ...`` is handed to :mod:`server.demo` when that module exists.
-Configuration mistakes print one line (no traceback) and exit with status 2; a port that is
-already taken exits with status 1; a clean shutdown on SIGTERM/SIGINT exits with 0.
+``python -m server demo ...`` is handed to :mod:`server.demo`. Configuration mistakes print
+one line (no traceback) and exit with status 2; a port that is already taken exits with
+status 1; a clean shutdown on SIGTERM/SIGINT exits with 0. With ``--workers N`` this module
+owns the N-1 worker processes (spawned, each serving the shared port).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import asyncio
+import contextlib
+import errno
 import logging
 import math
+import multiprocessing
+import os
+import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from server import __version__
-from server.settings import DEFAULT_AGENT_URL, StartupError, make_options
+from server.app import run_loop, serve
+from server.options import DEFAULT_AGENT_URL, ServerOptions, StartupError, make_options
+from server.tools import ToolLoadError, ToolRegistry
 
 PROG = "twilio-agent-bridge"
 log = logging.getLogger("server")
@@ -194,45 +203,23 @@ def _load_env_file(path: str) -> None:
 
 
 def _run_demo(argv: list[str]) -> int:
-    try:
-        demo = importlib.import_module("server.demo")
-    except ModuleNotFoundError as exc:
-        if exc.name != "server.demo":
-            raise
-        sys.stderr.write(f"{PROG}: error: the demo is not available (server.demo is missing)\n")
-        return 2
-    entry: Callable[..., Any] = demo.main
-    result = entry(argv)
-    return int(result or 0)
+    from server.demo import main as demo_main  # the demo pulls in the peers: only load it here
+
+    return int(demo_main(argv) or 0)
 
 
-def main(argv: Sequence[str] | None = None, *, worker: int = 0) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list and args_list[0] == "demo":
-        return _run_demo(args_list[1:])
-    parser = build_parser()
-    try:
-        args = parser.parse_args(args_list)
-    except SystemExit as exc:  # --help, --version, usage errors
-        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    from server.app import run
-    from server.tools import ToolLoadError, ToolRegistry
+def _prepare(args: argparse.Namespace, worker: int = 0) -> tuple[ServerOptions, ToolRegistry]:
+    """Parsed flags to options, logging and tools (raises StartupError or ToolLoadError)."""
+    _load_env_file(args.env_file)
+    options = make_options(args)
+    setup_logging(options.log_level, options.secrets, worker)
+    return options, ToolRegistry.load(options.tools, timeout=options.tool_timeout)
 
+
+def _guarded(body: Callable[[], int]) -> int:
+    """Run ``body``; a configuration problem prints one line and becomes the exit status."""
     try:
-        _load_env_file(args.env_file)
-        options = make_options(args)
-        setup_logging(options.log_level, options.secrets, worker)
-        tools = ToolRegistry.load(options.tools, timeout=options.tool_timeout)
-        if not worker:
-            if not options.auth_token:
-                log.warning(
-                    "TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked, so anyone "
-                    "who finds this server can open agent sessions billed to your key. "
-                    "Set it in production."
-                )
-            if tools.tools:
-                log.info("client-side tools: %s", ", ".join(sorted(tools.tools)))
-        return run(options, tools, args_list)
+        return body()
     except StartupError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return exc.exit_code
@@ -241,6 +228,120 @@ def main(argv: Sequence[str] | None = None, *, worker: int = 0) -> int:
         return 2
     except KeyboardInterrupt:
         return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "demo":
+        return _run_demo(args_list[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+
+    def body() -> int:
+        options, tools = _prepare(args)
+        if not options.auth_token:
+            log.warning(
+                "TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked, so anyone "
+                "who finds this server can open agent sessions billed to your key. "
+                "Set it in production."
+            )
+        if tools.tools:
+            log.info("client-side tools: %s", ", ".join(sorted(tools.tools)))
+        return run(options, tools, args_list)
+
+    return _guarded(body)
+
+
+# ---------------------------------------------------------------------- processes
+
+
+def run(
+    options: ServerOptions, tools: ToolRegistry | None = None, argv: list[str] | None = None
+) -> int:
+    """Serve until a signal; with ``--workers N`` also run N-1 worker processes."""
+    if options.workers <= 1:
+        return run_loop(lambda: serve(options, tools=tools), options.loop)
+    return _run_workers(options, tools, argv or [])
+
+
+def _bind_reuseport(options: ServerOptions) -> socket.socket:
+    infos = socket.getaddrinfo(
+        options.host, options.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        where = f"{options.host}:{options.port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"cannot listen on {where}: address already in use", 1) from None
+        raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}", 1) from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _worker_main(argv: list[str], index: int) -> None:
+    """Entry point of a worker process (spawned): the parent's flags, served on the shared
+    port. The parent checked them already; a problem found here still prints one line."""
+    args = build_parser().parse_args([*argv, "--workers", "1", "--reuse-port"])
+
+    def body() -> int:
+        options, tools = _prepare(args, worker=index)
+        return run_loop(lambda: serve(options, tools=tools), options.loop)
+
+    sys.exit(_guarded(body))
+
+
+def _run_workers(options: ServerOptions, tools: ToolRegistry | None, argv: list[str]) -> int:
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise StartupError("--workers needs SO_REUSEPORT, which this platform lacks")
+    sock = _bind_reuseport(options)  # fails here, in the parent, if the port is taken
+    context = multiprocessing.get_context("spawn")
+    children = []
+    for index in range(1, options.workers):
+        child = context.Process(
+            target=_worker_main, args=(argv, index), name=f"worker-{index}", daemon=False
+        )
+        child.start()
+        children.append(child)
+    log.info("started %d worker process(es) sharing port %d", len(children), options.port)
+
+    def forward() -> None:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGTERM)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        # Forward once: a second SIGTERM could reach a worker whose loop has already closed
+        # (default handler back), killing it mid-exit and making the parent exit with -15.
+        code = await serve(options, tools=tools, sock=sock, on_signal=forward)
+        deadline = loop.time() + options.shutdown_grace + options.bridge.close_timeout + 5
+        for child in children:
+            while child.is_alive() and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+        return code
+
+    code = run_loop(main, options.loop)
+    worst = code
+    for child in children:
+        child.join(timeout=1.0)
+        if child.is_alive():
+            child.kill()
+            child.join()
+            worst = worst or 1
+        elif child.exitcode:
+            worst = worst or child.exitcode
+    return worst
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,7 +3,9 @@
 Routes: the Twilio webhook (``/incoming-call``, TwiML), ``/healthz``, ``/metrics`` and the
 ``/media-stream`` WebSocket upgrade, which this module performs by hand (header checks,
 signature, capacity, ``101`` with the accept token) before handing the socket, with any bytes
-that came behind the request, to a :class:`~server.call.CallDriver`.
+that came behind the request, to the ``on_upgrade`` factory of its :class:`Site`. The protocol
+that factory returns becomes the transport's protocol (``transport.set_protocol``), so this
+module leaves the path of the call's frames; it knows nothing of calls.
 """
 
 from __future__ import annotations
@@ -15,29 +17,23 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Sequence
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
-from xml.sax.saxutils import escape, quoteattr
 
 import h11
 from wsproto.utilities import generate_accept_token
 
 from server import __version__, signature
-from server.call import CallDriver
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from server.settings import MEDIA_STREAM_PATH, WEBHOOK_PATH
-from server.ws import WsPeer
-
-if TYPE_CHECKING:
-    from server.app import Server
+from server.metrics import Metrics
+from server.options import MEDIA_STREAM_PATH, WEBHOOK_PATH, ServerOptions
+from server.twiml import twiml_busy, twiml_stream
 
 log = logging.getLogger("server.http")
 
 SERVER_HEADER = f"twilio-agent-bridge/{__version__}".encode()
 TWIML_PARAMETERS = ("From", "To", "CallSid")
-FAIR_READ_BYTES = 65536  # a read this big means the peer is sending flat out: see _yield_reading
-BUSY_MESSAGE = "All our lines are busy right now. Please call again in a few minutes. Goodbye."
 
 _REASONS = {
     101: b"Switching Protocols",
@@ -62,24 +58,27 @@ _ROUTES_METHODS = {
 }
 
 
-def twiml_stream(stream_url: str, parameters: Sequence[tuple[str, str]]) -> str:
-    """TwiML connecting the call to ``stream_url``, with ``<Parameter>`` for each pair."""
-    params = "".join(
-        f"<Parameter name={quoteattr(name)} value={quoteattr(value)}/>"
-        for name, value in parameters
-    )
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        f"<Response><Connect><Stream url={quoteattr(stream_url)}>{params}</Stream></Connect>"
-        "</Response>"
-    )
+class Site(Protocol):
+    """What the HTTP layer needs from the server it serves."""
 
+    loop: asyncio.AbstractEventLoop
+    options: ServerOptions
+    metrics: Metrics
+    connections: set[Any]  # open connections; each adds itself and leaves when closed
+    draining: bool
+    tls: bool
+    debug: bool
 
-def twiml_busy(message: str = BUSY_MESSAGE) -> str:
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        f"<Response><Say>{escape(message)}</Say><Hangup/></Response>"
-    )
+    @property
+    def calls(self) -> Collection[object]: ...
+
+    def at_capacity(self) -> bool: ...
+
+    def on_upgrade(
+        self, transport: asyncio.Transport, trailing_data: bytes, peer: str
+    ) -> asyncio.Protocol:
+        """Take over an upgraded media stream; the protocol returned gets its reads."""
+        ...
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -97,14 +96,13 @@ def _tokens(value: str | None) -> set[str]:
 class HttpProtocol(asyncio.Protocol):
     """One TCP connection: HTTP/1.1 requests until it becomes a call (or closes)."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Site) -> None:
         self.server = server
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
         self.h11 = h11.Connection(
             h11.SERVER, max_incomplete_event_size=server.options.max_header_bytes
         )
-        self.call: CallDriver | None = None
         self.peer = ""
         self._request: h11.Request | None = None
         self._body = bytearray()
@@ -122,26 +120,12 @@ class HttpProtocol(asyncio.Protocol):
         self._arm_request_timer()
 
     def data_received(self, data: bytes) -> None:
-        call = self.call
-        if call is not None:
-            if len(data) >= FAIR_READ_BYTES:
-                self._yield_reading()
-            try:
-                call.twilio_data(data)
-            except Exception:  # a driver bug must cost one call, never the server
-                log.exception("error in call %s; dropping it", call.call_sid or self.peer)
-                call.abort()
-            return
         if self._closing:
             return
         self.h11.receive_data(data)
         self._process()
 
     def eof_received(self) -> bool | None:
-        call = self.call
-        if call is not None:
-            call.twilio_eof()
-            return None
         if not self._closing:
             self.h11.receive_data(b"")
             self._process()
@@ -151,23 +135,6 @@ class HttpProtocol(asyncio.Protocol):
         self.server.connections.discard(self)
         self._cancel_request_timer()
         self._closing = True
-        call = self.call
-        if call is not None:
-            call.twilio_lost()
-
-    def _yield_reading(self) -> None:
-        """Stop reading until the loop's next pass. A peer that sends flat out fills every
-        read (Twilio sends about 0.4 kB per call every 20 ms); uvloop would otherwise read
-        its socket again and again in one pass, starving every other call and /healthz."""
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.pause_reading()
-            self.loop.call_soon(self._resume_reading)
-
-    def _resume_reading(self) -> None:
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.resume_reading()
 
     # ------------------------------------------------------------------ timers
 
@@ -184,25 +151,25 @@ class HttpProtocol(asyncio.Protocol):
 
     def _on_request_timeout(self) -> None:
         self._timer = None
-        if self.call is not None or self._closing or self.transport is None:
+        if self._closing or self.transport is None:
             return
         conn = self.h11
         partial = conn.their_state is not h11.IDLE or bool(conn.trailing_data[0])
         if partial and conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             self._error(408, "request timed out")
         else:
-            self._close()
+            self.close()
 
     def close_idle(self) -> None:
         """Close the connection if it is between requests (used when shutting down)."""
-        if self.call is None and self.h11.their_state is h11.IDLE and self._request is None:
-            self._close()
+        if self.h11.their_state is h11.IDLE and self._request is None:
+            self.close()
 
     # ------------------------------------------------------------------ request handling
 
     def _process(self) -> None:
         conn = self.h11
-        while not self._closing and self.call is None:
+        while not self._closing:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -243,18 +210,18 @@ class HttpProtocol(asyncio.Protocol):
                     if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                         self._error(500, "internal error")
                     else:
-                        self._close()
+                        self.close()
                     return
-                if self.call is not None or self._closing:
+                if self._closing:
                     return
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                    self._close()
+                    self.close()
                     return
                 if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
                     conn.start_next_cycle()
                     self._arm_request_timer()
             elif cls is h11.ConnectionClosed:
-                self._close()
+                self.close()
                 return
 
     def _route(self, request: h11.Request) -> None:
@@ -418,10 +385,10 @@ class HttpProtocol(asyncio.Protocol):
         assert transport is not None and data is not None
         transport.write(data)
         server.metrics.http_response(101)
-        ws = WsPeer(trailing, options.max_message_bytes)
-        self.call = call = CallDriver(server, transport, ws, self.peer)
-        server.call_started(call)
-        call.start()
+        # From here the connection is the media stream's: this object handles nothing more.
+        self._closing = True
+        server.connections.discard(self)
+        transport.set_protocol(server.on_upgrade(transport, trailing, self.peer))
 
     # ------------------------------------------------------------------ responses
 
@@ -495,9 +462,9 @@ class HttpProtocol(asyncio.Protocol):
         self.server.metrics.http_response(status)
         if self.server.debug:
             log.debug("HTTP %d to %s: %s", status, self.peer, detail)
-        self._close()
+        self.close()
 
-    def _close(self) -> None:
+    def close(self) -> None:
         self._closing = True
         self._cancel_request_timer()
         transport = self.transport

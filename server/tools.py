@@ -49,9 +49,6 @@ class ToolRegistry:
             registry.tools.update(load_module_tools(spec))
         return registry
 
-    def __contains__(self, name: object) -> bool:
-        return name in self.tools
-
     async def run(self, name: str, arguments: Mapping[str, Any]) -> tuple[str, bool]:
         """Run tool ``name``; return (content for FunctionCallResponse, succeeded)."""
         handler = self.tools.get(name)

@@ -21,7 +21,6 @@ to wsproto for good.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import (
@@ -32,29 +31,24 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError
 
-_apply_mask_c: Callable[[bytes, bytes], bytes] | None
-try:
-    from websockets.speedups import apply_mask as _apply_mask_c
-except ImportError:  # pragma: no cover - websockets ships the C extension for common platforms
-    _apply_mask_c = None
-
-OPEN = ConnectionState.OPEN
-REMOTE_CLOSING = ConnectionState.REMOTE_CLOSING
-LOCAL_CLOSING = ConnectionState.LOCAL_CLOSING
-CLOSED = ConnectionState.CLOSED
-
 _TEXT_HEADER_SHORT = [bytes((0x81, n)) for n in range(126)]
 _pack_medium = struct.Struct("!BBH").pack
 _pack_long = struct.Struct("!BBQ").pack
 
 
-def apply_mask(data: bytes, mask: bytes) -> bytes:
+def _apply_mask_py(
+    data: bytes | bytearray | memoryview, mask: bytes | bytearray
+) -> bytes:  # pragma: no cover
     """XOR ``data`` with the 4-byte ``mask`` (RFC 6455 section 5.3)."""
-    if _apply_mask_c is not None:
-        return _apply_mask_c(data, mask)
-    size = len(data)  # pragma: no cover
-    key = int.from_bytes((mask * ((size >> 2) + 1))[:size], "little")  # pragma: no cover
-    return (int.from_bytes(data, "little") ^ key).to_bytes(size, "little")  # pragma: no cover
+    size = len(data)
+    key = int.from_bytes((mask * ((size >> 2) + 1))[:size], "little")
+    return (int.from_bytes(data, "little") ^ key).to_bytes(size, "little")
+
+
+try:  # websockets' C function itself, not a wrapper: it runs once per frame from Twilio
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets ships the C extension for common platforms
+    apply_mask = _apply_mask_py
 
 
 def encode_text_frame(text: str) -> bytes:
@@ -102,38 +96,22 @@ class WsPeer:
         self._parts: list[str | bytes] = []
         self._size = 0
 
-    # ------------------------------------------------------------------ state
-
-    @property
-    def state(self) -> ConnectionState:
-        return self.conn.state
-
-    @property
-    def open(self) -> bool:
-        return self.conn.state is OPEN
-
     @property
     def done(self) -> bool:
         """The close handshake is complete (or failed): the TCP connection may be closed."""
-        return self.conn.state is CLOSED
+        return self.conn.state is ConnectionState.CLOSED
 
     # ------------------------------------------------------------------ input
 
     def feed(self, data: bytes) -> list[str | bytes]:
-        """Take bytes from the network; return the complete messages they finish."""
-        conn = self.conn
-        if conn.state is CLOSED or self.remote_closed:
-            return []
-        if self._fast:
-            return self._feed_fast(data)
-        if data:
-            try:
-                conn.receive_data(data)
-            except LocalProtocolError:  # pragma: no cover - guarded by the state check
-                return []
-        return self._events()
+        """Take bytes from the network; return the complete messages they finish.
 
-    def _feed_fast(self, data: bytes) -> list[str | bytes]:
+        The fast path is written inline (not in a helper) because it runs for every read."""
+        conn = self.conn
+        if conn.state is ConnectionState.CLOSED or self.remote_closed:
+            return []
+        if not self._fast:
+            return self._to_wsproto(data)
         pending = self._pending
         if pending:
             buf = pending + data
@@ -144,7 +122,6 @@ class WsPeer:
         pos = 0
         messages: list[str | bytes] = []
         limit = self.max_message
-        conn = self.conn
         while size - pos >= 2:
             b0 = buf[pos]
             b1 = buf[pos + 1]
@@ -164,7 +141,7 @@ class WsPeer:
                 and start > 0
                 and length <= limit
                 and not self._fragmented
-                and conn.state is OPEN
+                and conn.state is ConnectionState.OPEN
                 and self.error is None
             )
             if not simple:
@@ -177,7 +154,7 @@ class WsPeer:
                     break  # a whole small control/fragment frame is still arriving
                 messages.extend(self._to_wsproto(buf[pos:end]))
                 pos = end
-                if not self._fast or conn.state is CLOSED or self.remote_closed:
+                if not self._fast or self.done or self.remote_closed:
                     return messages
                 continue
             end = start + length
@@ -230,11 +207,15 @@ class WsPeer:
 
     def eof(self) -> list[str | bytes]:
         """The peer closed its side of the TCP stream."""
-        if self.remote_closed or self.conn.state is CLOSED:
+        if self.remote_closed or self.conn.state is ConnectionState.CLOSED:
             self.remote_closed = True
             return []
         self.conn.receive_data(None)
         return self._events()
+
+    def connection_lost(self) -> None:
+        """The TCP connection is gone: nothing more will arrive."""
+        self.remote_closed = True
 
     def _events(self) -> list[str | bytes]:
         messages: list[str | bytes] = []
@@ -243,7 +224,7 @@ class WsPeer:
             cls = type(event)
             if cls is TextMessage or cls is BytesMessage:
                 data = event.data  # type: ignore[attr-defined]
-                if self.error is not None or conn.state is not OPEN:
+                if self.error is not None or conn.state is not ConnectionState.OPEN:
                     continue  # failing or closing: drain without keeping anything
                 if event.message_finished and not self._parts:  # type: ignore[attr-defined]
                     if self._too_big(data, 0):
@@ -261,7 +242,7 @@ class WsPeer:
                     else:
                         messages.append(b"".join(parts))  # type: ignore[arg-type]
             elif cls is Ping:
-                if conn.state is OPEN:
+                if conn.state is ConnectionState.OPEN:
                     self.out.append(conn.send(event.response()))  # type: ignore[attr-defined]
             elif cls is CloseConnection:
                 self._on_close(event)  # type: ignore[arg-type]
@@ -282,11 +263,11 @@ class WsPeer:
     def _on_close(self, event: CloseConnection) -> None:
         conn = self.conn
         state = conn.state
-        if state is REMOTE_CLOSING:  # the peer started the close handshake: answer it
+        if state is ConnectionState.REMOTE_CLOSING:  # the peer started the close handshake
             self.remote_closed = True
             self.close_code, self.close_reason = event.code, event.reason or ""
             self.out.append(conn.send(event.response()))
-        elif state is CLOSED:
+        elif state is ConnectionState.CLOSED:
             if self.close_code is None:  # our close was answered, or the stream ended (1006)
                 self.close_code, self.close_reason = event.code, event.reason or ""
             self.remote_closed = True
@@ -306,14 +287,13 @@ class WsPeer:
 
     def send_text(self, text: str) -> None:
         """Queue one message as a single unfragmented text frame (nothing once closing)."""
-        if self.conn.state is OPEN:
+        if self.conn.state is ConnectionState.OPEN:
             self.out.append(encode_text_frame(text))
 
     def close(self, code: int, reason: str = "") -> None:
         """Queue a close frame, if none was sent yet."""
-        conn = self.conn
-        if conn.state is OPEN or conn.state is REMOTE_CLOSING:
-            self.out.append(conn.send(CloseConnection(code=code, reason=reason)))
+        if self.conn.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            self.out.append(self.conn.send(CloseConnection(code=code, reason=reason)))
 
     def take_output(self) -> bytes:
         out = self.out

@@ -21,7 +21,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from server.app import Server
 from server.cli import build_parser
-from server.settings import ServerOptions, make_options
+from server.options import ServerOptions, make_options
 from server.tools import ToolRegistry
 from tests.helpers import (
     CALL_SID as CALL_SID,

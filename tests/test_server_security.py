@@ -15,7 +15,7 @@ from twilio.request_validator import RequestValidator
 from websockets.exceptions import InvalidStatus
 
 from server import signature
-from server.settings import StartupError
+from server.options import StartupError
 from tests.server_support import (
     API_KEY,
     CALL_SID,

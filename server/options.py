@@ -62,7 +62,6 @@ class ServerOptions:
     bridge: BridgeConfig
     host: str = "0.0.0.0"
     port: int = 5000
-    config_path: str = "config.json"
     agent_url: str = DEFAULT_AGENT_URL
     local_agent: bool = False
     public_url: PublicURL | None = None
@@ -235,7 +234,6 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
         bridge=bridge,
         host=args.host,
         port=args.port,
-        config_path=args.config,
         agent_url=agent_url,
         local_agent=local_agent,
         public_url=public_url,
