@@ -9,9 +9,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from sansio import Action, EndReason, SendTwilioMedia, SendTwilioText
-from server.call import CallDriver
+from server.call import CallContext, CallDriver
 from server.metrics import Metrics
-from server.ws import WsPeer
+from server.tools import ToolRegistry
 
 from .helpers import config
 
@@ -43,35 +43,38 @@ class FakeTransport:
         raise AssertionError("closed")
 
 
-def make_driver(loop: asyncio.AbstractEventLoop) -> tuple[CallDriver, FakeTransport]:
-    options = SimpleNamespace(bridge=config(), max_write_buffer=1 << 20)
-    server: Any = SimpleNamespace(loop=loop, metrics=Metrics(), options=options)
-    transport = FakeTransport()
-    return CallDriver(server, transport, WsPeer()), transport  # type: ignore[arg-type]
+def make_driver() -> tuple[CallDriver, FakeTransport]:
+    loop = asyncio.get_running_loop()
+    options: Any = SimpleNamespace(
+        bridge=config(), max_write_buffer=1 << 20, max_message_bytes=1 << 16
+    )
+    context = CallContext(loop, options, Metrics(), ToolRegistry(), "ws://127.0.0.1:9/agent")
+    transport: Any = FakeTransport()
+    return CallDriver(context, transport, b"", "127.0.0.1:1", lambda _: None), transport
+
+
+async def _subclass_runs_as_its_base() -> None:
+    driver, transport = make_driver()
+    driver.core._actions.append(SendTwilioGreeting('{"event":"media"}'))
+    driver._pump()
+    assert b'{"event":"media"}' in b"".join(transport.written)
+    assert driver.core.ended is None
+    # The resolution is cached: the subclass now has the base class's handler.
+    assert driver._dispatch[SendTwilioGreeting] == driver._dispatch[SendTwilioText]
 
 
 def test_a_subclass_of_an_action_runs_as_that_action() -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        driver, transport = make_driver(loop)
-        driver.core._actions.append(SendTwilioGreeting('{"event":"media"}'))
-        driver._pump()
-        assert b'{"event":"media"}' in b"".join(transport.written)
-        assert driver.core.ended is None
-        # The resolution is cached: the subclass now has the base class's handler.
-        assert driver._dispatch[SendTwilioGreeting] == driver._dispatch[SendTwilioText]
-    finally:
-        loop.close()
+    asyncio.run(_subclass_runs_as_its_base())
+
+
+async def _unknown_command_ends_the_call() -> None:
+    driver, _ = make_driver()
+    driver.core._actions.append(Teleport())
+    driver._pump()
+    ended = driver.core.ended
+    assert ended is not None and ended.reason is EndReason.PROTOCOL_ERROR
+    assert ended.detail == "driver bug: unknown action"
 
 
 def test_an_unknown_command_still_ends_the_call() -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        driver, _ = make_driver(loop)
-        driver.core._actions.append(Teleport())
-        driver._pump()
-        ended = driver.core.ended
-        assert ended is not None and ended.reason is EndReason.PROTOCOL_ERROR
-        assert ended.detail == "driver bug: unknown action"
-    finally:
-        loop.close()
+    asyncio.run(_unknown_command_ends_the_call())
