@@ -70,7 +70,10 @@ def test_a_call_in_progress_finishes_during_the_grace_while_new_ones_are_refused
             writer.write(raw[:-4])
             await writer.drain()
             await until(
-                lambda: any(c.h11.their_state is h11.SEND_BODY for c in server.connections),
+                lambda: any(
+                    getattr(c, "h11", None) is not None and c.h11.their_state is h11.SEND_BODY
+                    for c in server.connections
+                ),
                 what="the webhook's head read",
             )
 
