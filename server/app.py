@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from server.metrics import Metrics
+from server.records.store import RecordsError, open_store
 from server.settings import ServerOptions, StartupError
 from server.tools import ToolRegistry
 
@@ -54,6 +55,10 @@ class Server:
         self._calls_empty = asyncio.Event()
         self._calls_empty.set()
         self._local_agent: LocalAgent | None = None
+        try:
+            self.records = open_store(options.records, options.records_retention_days)
+        except RecordsError as exc:
+            raise StartupError(str(exc)) from None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -158,6 +163,8 @@ class Server:
         if self._local_agent is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._local_agent.stop(), 2.0)
+        if self.records is not None:  # what the calls queued is written before we return
+            await asyncio.to_thread(self.records.close)
 
 
 # ---------------------------------------------------------------------- running
