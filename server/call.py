@@ -81,6 +81,8 @@ class CallDriver:
         self._write_cap = self.options.max_write_buffer
         self._tools: dict[str, asyncio.Task[None]] = {}
         self._debug = log.isEnabledFor(logging.DEBUG)
+        self._private = not self.options.log_transcripts  # logs never carry what was said
+        self._redact = self.options.redact
         self._observe_latency = self.metrics.added_latency.observe
         self._dispatch: dict[type[Action], Callable[[Any], None]] = {
             SendAgentAudio: self._send_agent_audio,
@@ -103,7 +105,7 @@ class CallDriver:
             AgentNotice: self._on_agent_notice,
             AgentReady: self._on_debug_notice,
             ReplyPlayback: self._on_debug_notice,
-            Dtmf: self._on_debug_notice,
+            Dtmf: self._on_dtmf,
         }
 
     # ------------------------------------------------------------------ Twilio side
@@ -408,7 +410,22 @@ class CallDriver:
         )
 
     def _on_transcript(self, notice: Transcript) -> None:
-        log.info("transcript callSid=%s %s: %s", self.call_sid or "-", notice.role, notice.content)
+        if self._private:
+            if self._debug:
+                log.debug(
+                    "transcript callSid=%s %s (%d chars)",
+                    self.call_sid,
+                    notice.role,
+                    len(notice.content),
+                )
+            return
+        text = self._redact("transcript", notice.content)
+        log.info("transcript callSid=%s %s: %s", self.call_sid or "-", notice.role, text)
+
+    def _on_dtmf(self, notice: Dtmf) -> None:
+        if self._debug:
+            digit = "(private)" if self._private else notice.digit
+            log.debug("keypad callSid=%s digit=%s", self.call_sid, digit)
 
     def _on_barge_in(self, notice: BargeIn) -> None:
         self.metrics.barge_ins += 1
@@ -434,16 +451,24 @@ class CallDriver:
                 side,
             )
         elif self._debug:
-            log.debug("callSid=%s %r", self.call_sid, notice)
+            log.debug("callSid=%s %s", self.call_sid, self._shown(notice))
 
     def _on_debug_notice(self, notice: Notice) -> None:
         if self._debug:
             log.debug("callSid=%s %r", self.call_sid, notice)
 
+    def _shown(self, notice: Notice) -> str:
+        """A notice for a DEBUG line: whole with --log-transcripts, else only its kind
+        (History, AgentThinking and agent messages carry what was said)."""
+        if not self._private:
+            return repr(notice)
+        kind = type(notice).__name__
+        return f"{kind}({notice.type!r})" if isinstance(notice, AgentNotice) else kind
+
     def _unknown_action(self, action: Action) -> None:
         if isinstance(action, Notice):
             if self._debug:
-                log.debug("callSid=%s %r", self.call_sid, action)
+                log.debug("callSid=%s %s", self.call_sid, self._shown(action))
             return
         # A command this driver does not know would leave the call half-executed: end it.
         log.error("unknown action %r; ending the call", type(action).__name__)
