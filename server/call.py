@@ -366,6 +366,14 @@ class CallDriver:
             notice.stream_sid,
             self.peer or "-",
         )
+        if not self._private:
+            params = notice.custom_parameters
+            log.info(
+                "call parties callSid=%s from=%s to=%s",
+                notice.call_sid or "-",
+                self._redact("number", params.get("From", "")) or "-",
+                self._redact("number", params.get("To", "")) or "-",
+            )
 
     def _on_call_ended(self, notice: CallEnded) -> None:
         reason = notice.reason
