@@ -83,6 +83,7 @@ class CallDriver:
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._private = not self.options.log_transcripts  # logs never carry what was said
         self._redact = self.options.redact
+        self._raw = self.options.raw_logs  # whole notices in DEBUG lines
         self._observe_latency = self.metrics.added_latency.observe
         self._dispatch: dict[type[Action], Callable[[Any], None]] = {
             SendAgentAudio: self._send_agent_audio,
@@ -466,9 +467,9 @@ class CallDriver:
             log.debug("callSid=%s %r", self.call_sid, notice)
 
     def _shown(self, notice: Notice) -> str:
-        """A notice for a DEBUG line: whole with --log-transcripts, else only its kind
-        (History, AgentThinking and agent messages carry what was said)."""
-        if not self._private:
+        """A notice for a DEBUG line: whole with --log-transcripts (and no --redact), else only
+        its kind (History, AgentThinking and agent messages carry what was said)."""
+        if self._raw:
             return repr(notice)
         kind = type(notice).__name__
         return f"{kind}({notice.type!r})" if isinstance(notice, AgentNotice) else kind

@@ -198,7 +198,8 @@ def setup_logging(
     root.addHandler(handler)
     root.setLevel(level)
     # websockets logs handshakes and errors; keep its chatter at WARNING unless debugging. Its
-    # DEBUG lines quote frames (transcripts, the filled Settings): only with --log-transcripts.
+    # DEBUG lines quote frames (transcripts, the filled Settings): only with --log-transcripts
+    # and no --redact (``ServerOptions.raw_logs``).
     frames = level == "DEBUG" and transcripts
     logging.getLogger("websockets").setLevel(logging.DEBUG if frames else logging.WARNING)
 
@@ -242,7 +243,7 @@ def main(argv: Sequence[str] | None = None, *, worker: int = 0) -> int:
     try:
         _load_env_file(args.env_file)
         options = make_options(args)
-        setup_logging(options.log_level, options.secrets, worker, options.log_transcripts)
+        setup_logging(options.log_level, options.secrets, worker, options.raw_logs)
         tools = ToolRegistry.load(options.tools, timeout=options.tool_timeout)
         if not worker:
             if not options.auth_token:

@@ -94,6 +94,12 @@ class ServerOptions:
     control_token: str | None = field(default=None, repr=False)
 
     @property
+    def raw_logs(self) -> bool:
+        """Whether DEBUG lines may quote whole messages (agent frames, notices): only with
+        --log-transcripts and no --redact, since the hook cannot see inside them."""
+        return self.log_transcripts and self.redact is keep
+
+    @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in a log line."""
         return tuple(s for s in (self.api_key, self.auth_token, self.control_token) if s)
