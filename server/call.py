@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ from sansio import (
     TwilioState,
 )
 from server.agent_leg import AgentLeg
+from server.records.recorder import CallRecorder
 from server.ws import WsPeer
 
 if TYPE_CHECKING:
@@ -85,6 +87,12 @@ class CallDriver:
         self._redact = self.options.redact
         self._raw = self.options.raw_logs  # whole notices in DEBUG lines
         self._observe_latency = self.metrics.added_latency.observe
+        self._store = server.records
+        self.recorder = (
+            CallRecorder(clock_offset=time.time() - now, redact=self._redact)
+            if self._store is not None
+            else None
+        )
         self._dispatch: dict[type[Action], Callable[[Any], None]] = {
             SendAgentAudio: self._send_agent_audio,
             SendAgentText: self._send_agent_text,
@@ -146,6 +154,12 @@ class CallDriver:
                 core.end(EndReason.PROTOCOL_ERROR, f"Twilio WebSocket: {why} (closed {code})", now)
             if ws.remote_closed:
                 core.twilio_closed(_close_code(ws.close_code), now)
+            recorder = self.recorder
+            if recorder is not None and recorder.awaiting_mark is not None:
+                awaited = recorder.awaiting_mark
+                for message in messages:
+                    if type(message) is str and awaited in message:
+                        recorder.mark_echoed(message, now)
         self._pump()
 
     # ------------------------------------------------------------------ agent side
@@ -203,6 +217,7 @@ class CallDriver:
         ws = self.ws
         transport = self.transport
         dispatch = self._dispatch
+        recorder = self.recorder
         try:
             while True:
                 # What the WebSocket layer queued (pongs and close replies from the input, then
@@ -221,6 +236,8 @@ class CallDriver:
                 actions = core.actions()
                 if not actions:
                     break
+                if recorder is not None:
+                    recorder.feed(actions, self.loop.time())
                 for action in actions:
                     handler = dispatch.get(type(action))
                     if handler is None:
@@ -233,6 +250,8 @@ class CallDriver:
             if (ws.remote_closed or ws.done) and not transport.is_closing():
                 transport.close()  # the close handshake is over (or broken): end the TCP
             self._arm_timer()
+            if recorder is not None and recorder.dirty and self._store is not None:
+                self._store.submit(recorder.take())  # a queue put: written by another thread
             if core.finished and not self.finished:
                 self._finish()
         finally:
@@ -341,6 +360,8 @@ class CallDriver:
             self._tools.pop(action.call_id, None)
         if not ok:
             self.metrics.tool_errors += 1
+        if self.recorder is not None:
+            self.recorder.tool_result(action.call_id, content, ok)
         core = self.core
         if core.ended is not None or core.agent_state is not AgentState.READY:
             return
