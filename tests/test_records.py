@@ -326,7 +326,7 @@ def test_a_newer_schema_is_refused(spec: str) -> None:
 
 def test_retention_deletes_old_calls_only(spec: str) -> None:
     now = time.time()
-    old, new = _full_record("CA-old", now - 10 * 86400), _full_record("CA-new", now - 3600)
+    old, new = _full_record("CA-old", now - 10 * 86400), _full_record("CA-new", now - 6 * 86400)
     store = RecordStore(spec)
     for record in (old, new):
         _write_call(store, record)
