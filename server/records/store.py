@@ -271,7 +271,8 @@ class Database:
         number: str | None = None,
     ) -> list[CallRecord]:
         """Calls (without turns and events), oldest first."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if since is not None:
             where.append("started_at >= ?")
             params.append(since)
