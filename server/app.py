@@ -25,6 +25,7 @@ from server.call import CallContext, CallDriver
 from server.http import HttpProtocol
 from server.metrics import Metrics
 from server.options import ServerOptions, StartupError
+from server.records.store import RecordsError, open_store
 from server.tools import ToolRegistry
 from server.twilio_leg import TwilioLeg
 
@@ -53,8 +54,12 @@ class Server:
         self._calls_empty = asyncio.Event()
         self._calls_empty.set()
         self._stop_local_agent: Callable[[], Awaitable[None]] | None = None
+        try:
+            self.records = open_store(options.records, options.records_retention_days)
+        except RecordsError as exc:
+            raise StartupError(str(exc)) from None
         self._call_context = CallContext(
-            self.loop, options, self.metrics, self.tools, self.agent_url
+            self.loop, options, self.metrics, self.tools, self.agent_url, self.records
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -168,6 +173,8 @@ class Server:
         if self._stop_local_agent is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._stop_local_agent(), 2.0)
+        if self.records is not None:  # what the calls queued is written before we return
+            await asyncio.to_thread(self.records.close)
 
 
 # ---------------------------------------------------------------------- running

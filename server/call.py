@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,8 @@ from sansio import (
 from server.agent_leg import AgentLeg
 from server.metrics import Metrics
 from server.options import ServerOptions
+from server.records.recorder import CallRecorder
+from server.records.store import RecordStore
 from server.tools import ToolRegistry
 from server.twilio_leg import TwilioLeg
 from server.ws import WsPeer
@@ -65,6 +68,7 @@ class CallContext:
     metrics: Metrics
     tools: ToolRegistry
     agent_url: str
+    records: RecordStore | None
 
 
 class CallDriver:
@@ -97,7 +101,16 @@ class CallDriver:
         self._write_cap = self.options.max_write_buffer
         self._tools: dict[str, asyncio.Task[None]] = {}
         self._debug = log.isEnabledFor(logging.DEBUG)
+        self._private = not self.options.log_transcripts  # logs never carry what was said
+        self._redact = self.options.redact
+        self._raw = self.options.raw_logs  # whole notices in DEBUG lines
         self._observe_latency = self.metrics.added_latency.observe
+        self._store = context.records
+        self.recorder = (
+            CallRecorder(clock_offset=time.time() - now, redact=self._redact)
+            if self._store is not None
+            else None
+        )
         self._dispatch: dict[type[Action], Callable[[Any], None]] = {
             SendAgentAudio: self._send_agent_audio,
             SendAgentText: self._send_agent_text,
@@ -119,7 +132,7 @@ class CallDriver:
             AgentNotice: self._on_agent_notice,
             AgentReady: self._on_debug_notice,
             ReplyPlayback: self._on_debug_notice,
-            Dtmf: self._on_debug_notice,
+            Dtmf: self._on_dtmf,
         }
 
     # ------------------------------------------------------------------ Twilio side
@@ -151,6 +164,12 @@ class CallDriver:
                 core.end(EndReason.PROTOCOL_ERROR, f"Twilio WebSocket: {why} (closed {code})", now)
             if ws.remote_closed:
                 core.twilio_closed(_close_code(ws.close_code), now)
+            recorder = self.recorder
+            if recorder is not None and recorder.awaiting_mark is not None:
+                awaited = recorder.awaiting_mark
+                for message in messages:
+                    if type(message) is str and awaited in message:
+                        recorder.mark_echoed(message, now)
         self._pump()
 
     # ------------------------------------------------------------------ agent side
@@ -206,10 +225,13 @@ class CallDriver:
         self._pumping = True
         core = self.core
         ws = self.ws
+        recorder = self.recorder
         try:
             while True:
                 actions = core.actions()
                 if actions:
+                    if recorder is not None:
+                        recorder.feed(actions, self.loop.time())
                     self._execute(actions)
                 elif not ws.out:
                     break
@@ -218,6 +240,8 @@ class CallDriver:
             if ws.remote_closed or ws.done:
                 self.twilio.close()  # the close handshake is over (or broken): end the TCP
             self._arm_timer()
+            if recorder is not None and recorder.dirty and self._store is not None:
+                self._store.submit(recorder.take())  # a queue put: written by another thread
             if core.finished and not self.finished:
                 self._finish()
         finally:
@@ -344,6 +368,8 @@ class CallDriver:
             self._tools.pop(action.call_id, None)
         if not ok:
             self.metrics.tool_errors += 1
+        if self.recorder is not None:
+            self.recorder.tool_result(action.call_id, content, ok)
         # A result the core no longer wants (cancelled, or the call ended) is dropped by it.
         self.core.tool_result(action.call_id, content, self.loop.time())
         self._pump()
@@ -365,6 +391,14 @@ class CallDriver:
             notice.stream_sid,
             self.peer or "-",
         )
+        if not self._private:
+            params = notice.custom_parameters
+            log.info(
+                "call parties callSid=%s from=%s to=%s",
+                notice.call_sid or "-",
+                self._redact("number", params.get("From", "")) or "-",
+                self._redact("number", params.get("To", "")) or "-",
+            )
 
     def _on_call_ended(self, notice: CallEnded) -> None:
         reason = notice.reason
@@ -409,7 +443,22 @@ class CallDriver:
         )
 
     def _on_transcript(self, notice: Transcript) -> None:
-        log.info("transcript callSid=%s %s: %s", self.call_sid or "-", notice.role, notice.content)
+        if self._private:
+            if self._debug:
+                log.debug(
+                    "transcript callSid=%s %s (%d chars)",
+                    self.call_sid,
+                    notice.role,
+                    len(notice.content),
+                )
+            return
+        text = self._redact("transcript", notice.content)
+        log.info("transcript callSid=%s %s: %s", self.call_sid or "-", notice.role, text)
+
+    def _on_dtmf(self, notice: Dtmf) -> None:
+        if self._debug:
+            digit = "(private)" if self._private else notice.digit
+            log.debug("keypad callSid=%s digit=%s", self.call_sid, digit)
 
     def _on_barge_in(self, notice: BargeIn) -> None:
         self.metrics.barge_ins += 1
@@ -435,7 +484,7 @@ class CallDriver:
                 side,
             )
         elif self._debug:
-            log.debug("callSid=%s %r", self.call_sid, notice)
+            log.debug("callSid=%s %s", self.call_sid, self._shown(notice))
 
     def _on_debug_notice(self, notice: Notice) -> None:
         if self._debug:
@@ -450,10 +499,18 @@ class CallDriver:
                 return handler
         return self._unknown_action
 
+    def _shown(self, notice: Notice) -> str:
+        """A notice for a DEBUG line: whole with --log-transcripts (and no --redact), else only
+        its kind (History, AgentThinking and agent messages carry what was said)."""
+        if self._raw:
+            return repr(notice)
+        kind = type(notice).__name__
+        return f"{kind}({notice.type!r})" if isinstance(notice, AgentNotice) else kind
+
     def _unknown_action(self, action: Action) -> None:
         if isinstance(action, Notice):
             if self._debug:
-                log.debug("callSid=%s %r", self.call_sid, action)
+                log.debug("callSid=%s %s", self.call_sid, self._shown(action))
             return
         # A command this driver does not know would leave the call half-executed: end it.
         log.error("unknown action %r; ending the call", type(action).__name__)

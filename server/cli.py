@@ -1,6 +1,7 @@
 """Command line: ``python -m server`` and the ``twilio-agent-bridge`` script.
 
-``python -m server demo ...`` is handed to :mod:`server.demo`. Configuration mistakes print
+``python -m server demo ...`` is handed to :mod:`server.demo`, ``python -m server calls ...``
+to :mod:`server.records.cli`. Configuration mistakes print
 one line (no traceback) and exit with status 2; a port that is already taken exits with
 status 1; a clean shutdown on SIGTERM/SIGINT exits with 0. With ``--workers N`` this module
 owns the N-1 worker processes (spawned, each serving the shared port).
@@ -70,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Environment: DEEPGRAM_API_KEY (required unless --agent-url local), "
             "TWILIO_AUTH_TOKEN (checks X-Twilio-Signature; strongly recommended), "
-            "PUBLIC_URL, DEEPGRAM_AGENT_URL. A .env file is read and never overrides "
-            "the environment. 'python -m server demo --help' runs the local demo."
+            "PUBLIC_URL, DEEPGRAM_AGENT_URL, BRIDGE_RECORDS, BRIDGE_CONTROL_TOKEN (bearer token "
+            "of GET /calls/{CallSid}/record; the route is off without it). A .env file is read "
+            "and never overrides the environment. 'python -m server demo --help' runs the local "
+            "demo; 'python -m server calls --help' reads the call records."
         ),
     )
     add = p.add_argument
@@ -149,6 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes serving the same port with SO_REUSEPORT (default 1)")
     add("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
         help="event loop: auto uses uvloop when installed (default auto)")
+    add("--log-transcripts", action="store_true",
+        help="log what was said, tool arguments and keypad digits (off: logs stay private)")
+    add("--redact", default=None, metavar="MODULE[:FUNC]",
+        help="FUNC(kind, text) -> text rewrites private text before logs and records "
+        "(default FUNC name: redact)")
+    add("--records", default=None, metavar="PATH|URL",
+        help="call records: a SQLite path, a postgresql:// URL, or 'none' "
+        "(default $BRIDGE_RECORDS or ./calls.db); read them with 'calls'")
+    add("--records-retention-days", type=_seconds, default=None, metavar="DAYS",
+        help="delete records of calls older than this (default: keep)")
     add("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -179,7 +192,9 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def setup_logging(level: str, secrets: Sequence[str] = (), worker: int = 0) -> None:
+def setup_logging(
+    level: str, secrets: Sequence[str] = (), worker: int = 0, transcripts: bool = False
+) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -191,8 +206,11 @@ def setup_logging(level: str, secrets: Sequence[str] = (), worker: int = 0) -> N
     handler.addFilter(RedactSecrets(secrets))
     root.addHandler(handler)
     root.setLevel(level)
-    # websockets logs handshakes and errors; keep its chatter at WARNING unless debugging.
-    logging.getLogger("websockets").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+    # websockets logs handshakes and errors; keep its chatter at WARNING unless debugging. Its
+    # DEBUG lines quote frames (transcripts, the filled Settings): only with --log-transcripts
+    # and no --redact (``ServerOptions.raw_logs``).
+    frames = level == "DEBUG" and transcripts
+    logging.getLogger("websockets").setLevel(logging.DEBUG if frames else logging.WARNING)
 
 
 def _load_env_file(path: str) -> None:
@@ -212,7 +230,7 @@ def _prepare(args: argparse.Namespace, worker: int = 0) -> tuple[ServerOptions, 
     """Parsed flags to options, logging and tools (raises StartupError or ToolLoadError)."""
     _load_env_file(args.env_file)
     options = make_options(args)
-    setup_logging(options.log_level, options.secrets, worker)
+    setup_logging(options.log_level, options.secrets, worker, options.raw_logs)
     return options, ToolRegistry.load(options.tools, timeout=options.tool_timeout)
 
 
@@ -234,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "demo":
         return _run_demo(args_list[1:])
+    if args_list and args_list[0] == "calls":
+        from server.records.cli import main as calls_main
+
+        return calls_main(args_list[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(args_list)

@@ -1,6 +1,7 @@
 """HTTP side of the server: one ``asyncio.Protocol`` per TCP connection, parsed with h11.
 
-Routes: the Twilio webhook (``/incoming-call``, TwiML), ``/healthz``, ``/metrics`` and the
+Routes: the Twilio webhook (``/incoming-call``, TwiML), ``/healthz``, ``/metrics``,
+``/calls/{CallSid}/record`` (only with ``BRIDGE_CONTROL_TOKEN``) and the
 ``/media-stream`` WebSocket upgrade, which this module performs by hand (header checks,
 signature, capacity, ``101`` with the accept token) before handing the socket, with any bytes
 that came behind the request, to the ``on_upgrade`` factory of its :class:`Site`. The protocol
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hmac
 import json
 import logging
 import re
@@ -28,6 +30,7 @@ from server import __version__, signature
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import Metrics
 from server.options import MEDIA_STREAM_PATH, WEBHOOK_PATH, ServerOptions
+from server.records.store import RecordStore
 from server.twiml import twiml_busy, twiml_stream
 
 log = logging.getLogger("server.http")
@@ -39,6 +42,7 @@ _REASONS = {
     101: b"Switching Protocols",
     200: b"OK",
     400: b"Bad Request",
+    401: b"Unauthorized",
     403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
@@ -68,6 +72,7 @@ class Site(Protocol):
     draining: bool
     tls: bool
     debug: bool
+    records: RecordStore | None
 
     @property
     def calls(self) -> Collection[object]: ...
@@ -230,6 +235,9 @@ class HttpProtocol(asyncio.Protocol):
         public = self.server.options.public_url
         if public is not None and public.prefix and path.startswith(public.prefix + "/"):
             path = path[len(public.prefix) :]  # a proxy that keeps the public prefix
+        if path.startswith("/calls/") and self.server.options.control_token:
+            self._call_record(request, path)
+            return
         methods = _ROUTES_METHODS.get(path)
         if methods is None:
             self._respond(404, b"not found\n")
@@ -253,6 +261,51 @@ class HttpProtocol(asyncio.Protocol):
         else:  # /metrics
             text = self.server.metrics.render()
             self._respond(200, text.encode(), METRICS_CONTENT_TYPE)
+
+    # ------------------------------------------------------------------ call records
+
+    def _call_record(self, request: h11.Request, path: str) -> None:
+        """``GET /calls/{CallSid}/record`` with ``Authorization: Bearer $BRIDGE_CONTROL_TOKEN``;
+        the record is read in a thread, so a slow database never stalls the calls."""
+        token = self.server.options.control_token or ""
+        scheme, _, given = (_header(request.headers, b"authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            challenge = [(b"www-authenticate", b'Bearer realm="calls"')]
+            self._json(401, {"error": "a valid bearer token is required"}, challenge)
+            return
+        sid = path[len("/calls/") : -len("/record")] if path.endswith("/record") else ""
+        store = self.server.records
+        if not sid or "/" in sid or store is None or request.method != b"GET":
+            self._json(404, {"error": "not found"})
+            return
+        future = self.loop.run_in_executor(None, store.load, sid)
+        future.add_done_callback(lambda done: self._record_loaded(done, sid))
+
+    def _record_loaded(self, done: asyncio.Future[Any], sid: str) -> None:
+        if self._closing or self.transport is None or self.transport.is_closing():
+            return
+        try:
+            record = done.result()
+        except Exception as exc:
+            log.error("reading the record of %s failed: %s", sid, type(exc).__name__)
+            self._json(500, {"error": "the records cannot be read"})
+        else:
+            if record is None:
+                self._json(404, {"error": f"no record of call {sid}"})
+            else:
+                self._json(200, record.to_json())
+        conn = self.h11
+        if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+            self._close()
+        elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            self._arm_request_timer()
+            self._process()  # a request pipelined behind this one
+
+    def _json(self, status: int, body: object, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        self._respond(status, json.dumps(body).encode() + b"\n", "application/json", headers)
 
     # ------------------------------------------------------------------ the webhook
 

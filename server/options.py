@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 from sansio import BridgeConfig, ConfigError
 from server import signature
+from server.records import store as records_store
+from server.records.redact import Redactor, RedactorLoadError, keep, load_redactor
 
 DEFAULT_AGENT_URL = "wss://agent.deepgram.com/v1/agent/converse"
 LOCAL_AGENT = "local"
@@ -84,11 +86,22 @@ class ServerOptions:
     workers: int = 1
     reuse_port: bool = False
     loop: str = "auto"
+    log_transcripts: bool = False
+    redact: Redactor = field(default=keep, repr=False)
+    records: str | None = None
+    records_retention_days: float | None = None
+    control_token: str | None = field(default=None, repr=False)
+
+    @property
+    def raw_logs(self) -> bool:
+        """Whether DEBUG lines may quote whole messages (agent frames, notices): only with
+        --log-transcripts and no --redact, since the hook cannot see inside them."""
+        return self.log_transcripts and self.redact is keep
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in a log line."""
-        return tuple(s for s in (self.api_key, self.auth_token) if s)
+        return tuple(s for s in (self.api_key, self.auth_token, self.control_token) if s)
 
 
 def load_settings_file(path: str) -> dict[str, Any]:
@@ -230,6 +243,16 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
         flag = _FLAG_OF_FIELD.get(exc.field, exc.field)
         raise StartupError(f"invalid {flag}: {exc.reason}") from None
 
+    try:
+        redact = load_redactor(getattr(args, "redact", None))
+    except RedactorLoadError as exc:
+        raise StartupError(str(exc)) from None
+    records = getattr(args, "records", None)
+    if records is None:  # BRIDGE_RECORDS is the flag's environment twin
+        records = env.get("BRIDGE_RECORDS") or records_store.DEFAULT_RECORDS
+    if records.lower() == "none":
+        records = None
+
     return ServerOptions(
         bridge=bridge,
         host=args.host,
@@ -256,4 +279,9 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
         workers=args.workers,
         reuse_port=bool(getattr(args, "reuse_port", False)),
         loop=args.loop,
+        log_transcripts=bool(getattr(args, "log_transcripts", False)),
+        redact=redact,
+        records=records,
+        records_retention_days=getattr(args, "records_retention_days", None),
+        control_token=env.get("BRIDGE_CONTROL_TOKEN", "").strip() or None,
     )

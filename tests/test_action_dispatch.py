@@ -48,7 +48,7 @@ def make_driver() -> tuple[CallDriver, FakeTransport]:
     options: Any = SimpleNamespace(
         bridge=config(), max_write_buffer=1 << 20, max_message_bytes=1 << 16
     )
-    context = CallContext(loop, options, Metrics(), ToolRegistry(), "ws://127.0.0.1:9/agent")
+    context = CallContext(loop, options, Metrics(), ToolRegistry(), "ws://127.0.0.1:9/agent", None)
     transport: Any = FakeTransport()
     return CallDriver(context, transport, b"", "127.0.0.1:1", lambda _: None), transport
 

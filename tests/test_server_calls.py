@@ -158,7 +158,8 @@ def test_transcript_and_call_lines_are_logged(caplog: pytest.LogCaptureFixture) 
     caplog.set_level("INFO")
 
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(agent=agent) as server:
+        flags = ("--log-transcripts",)  # transcripts are logged only on request (issue 13)
+        async with FakeAgent() as agent, running_server(*flags, agent=agent) as server:
             ws, session = await ready_call(server, agent)
             await session.send({"type": "ConversationText", "role": "assistant", "content": "Hi!"})
             await asyncio.sleep(0.05)
