@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 from sansio import Action, EndReason, SendTwilioMedia, SendTwilioText
 from server.call import CallContext, CallDriver
+from server.cli import build_parser
 from server.metrics import Metrics
+from server.options import make_options
 from server.tools import ToolRegistry
-
-from .helpers import config
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +44,7 @@ class FakeTransport:
 
 def make_driver() -> tuple[CallDriver, FakeTransport]:
     loop = asyncio.get_running_loop()
-    options: Any = SimpleNamespace(
-        bridge=config(), max_write_buffer=1 << 20, max_message_bytes=1 << 16
-    )
+    options = make_options(build_parser().parse_args(["--agent-url", "local"]), environ={})
     context = CallContext(loop, options, Metrics(), ToolRegistry(), "ws://127.0.0.1:9/agent", None)
     transport: Any = FakeTransport()
     return CallDriver(context, transport, b"", "127.0.0.1:1", lambda _: None), transport
