@@ -11,6 +11,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
 from sansio import fill_placeholders
@@ -119,6 +121,49 @@ def test_full_call(loop: str) -> None:
             assert m.added_latency.count > 0  # pre-roll held until SettingsApplied counts too
 
     run(body(), loop=loop)
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    apply_delay=st.sampled_from([0.0, 0.01, 0.05, 0.12]),
+    early=st.integers(0, 5),
+    frames=st.integers(1, 25),
+    gap_ms=st.integers(0, 8),
+)
+@example(apply_delay=0.12, early=2, frames=25, gap_ms=8)  # the caller talks through the delay
+def test_no_audio_reaches_the_agent_before_settings_applied(
+    apply_delay: float, early: int, frames: int, gap_ms: int
+) -> None:
+    """A real socket agent on loopback, whatever its apply delay and however the caller paces
+    its frames around ``start``: not one audio byte arrives before the agent sent
+    ``SettingsApplied``, and every byte sent after ``start`` arrives, in order."""
+
+    async def body() -> None:
+        async with FakeAgent(apply_delay=apply_delay) as agent, running_server(
+            agent=agent
+        ) as server:
+            ws = await caller(server)
+            for i in range(early):  # media before start is dropped, never forwarded
+                await ws.send(media(frame(100 + i), i + 2))
+            await ws.send(start())
+            sent = bytearray()
+            for i in range(frames):
+                await ws.send(media(frame(i), early + i + 2))
+                sent += frame(i)
+                await asyncio.sleep(gap_ms / 1000)
+            session = await agent.session()
+            await until(lambda: len(session.audio) >= len(sent), what="all caller audio")
+            assert session.applied_at is not None
+            assert session.audio_before_applied == 0, "audio reached the agent too early"
+            assert bytes(session.audio) == bytes(sent)
+            await ws.send(stop())
+            await _closed_within(ws, 2)
+
+    run(body(), timeout=15)
 
 
 def test_added_latency_p99_is_small() -> None:
@@ -415,15 +460,32 @@ def test_client_side_tools() -> None:
     run(body())
 
 
-def test_end_call_tool_hangs_up() -> None:
+def test_end_call_tool_hangs_up_once_the_goodbye_has_played() -> None:
+    """The goodbye the agent sent before ``end_call`` is still playing: the bridge hangs up when
+    the caller echoes its mark (played), not at the request and not at the grace deadline."""
+
     async def body() -> None:
         async with FakeAgent() as agent, running_server(agent=agent) as server:
             ws, session = await ready_call(server, agent)
+            goodbye = b"\x11" * 1600  # 200 ms: one reply, no progress marks
+            await session.send(goodbye)
+            await session.send({"type": "AgentAudioDone"})
             await session.send(
                 {"type": "FunctionCallRequest", "functions": [
                     {"id": "e1", "name": "end_call", "arguments": "{}", "client_side": True}]}
             )
-            assert await _closed_within(ws, 5) < 5
+            marked, before = await recv_until(ws, "mark")
+            heard = b"".join(
+                base64.b64decode(m["media"]["payload"]) for m in before if m["event"] == "media"
+            )
+            assert heard == goodbye
+            await until(lambda: "FunctionCallResponse" in session.types(), what="the answer")
+            await asyncio.sleep(0.5)  # the caller is still playing the goodbye
+            assert ws.state.name == "OPEN", "hung up before the goodbye's mark came back"
+            assert not server.metrics.calls_ended
+            await ws.send(mark(marked["mark"]["name"]))
+            assert await _closed_within(ws, 2) < 1.0, "the echo of the last mark hangs up"
+            assert ws.close_code == 1000 and "goodbye played" in (ws.close_reason or "")
             await until(lambda: not server.calls)
             assert server.metrics.calls_ended == {"tool": 1}
 
