@@ -143,9 +143,10 @@ def test_no_audio_reaches_the_agent_before_settings_applied(
     ``SettingsApplied``, and every byte sent after ``start`` arrives, in order."""
 
     async def body() -> None:
-        async with FakeAgent(apply_delay=apply_delay) as agent, running_server(
-            agent=agent
-        ) as server:
+        async with (
+            FakeAgent(apply_delay=apply_delay) as agent,
+            running_server(agent=agent) as server,
+        ):
             ws = await caller(server)
             for i in range(early):  # media before start is dropped, never forwarded
                 await ws.send(media(frame(100 + i), i + 2))
@@ -259,9 +260,10 @@ def test_agent_unreachable_ends_call_cleanly() -> None:
 
 def test_agent_that_never_applies_settings_times_out() -> None:
     async def body() -> None:
-        async with FakeAgent(apply=False) as agent, running_server(
-            "--settings-timeout", "0.3", agent=agent
-        ) as server:
+        async with (
+            FakeAgent(apply=False) as agent,
+            running_server("--settings-timeout", "0.3", agent=agent) as server,
+        ):
             ws = await caller(server)
             await ws.send(start())
             assert await _closed_within(ws, 2) < 2
@@ -440,8 +442,12 @@ def test_client_side_tools() -> None:
                 {
                     "type": "FunctionCallRequest",
                     "functions": [
-                        {"id": "f1", "name": "lookup", "arguments": '{"day": "monday"}',
-                         "client_side": True},
+                        {
+                            "id": "f1",
+                            "name": "lookup",
+                            "arguments": '{"day": "monday"}',
+                            "client_side": True,
+                        },
                         {"id": "f2", "name": "missing", "arguments": "{}", "client_side": True},
                         {"id": "f3", "name": "broken", "arguments": "{}", "client_side": True},
                     ],
@@ -471,8 +477,12 @@ def test_end_call_tool_hangs_up_once_the_goodbye_has_played() -> None:
             await session.send(goodbye)
             await session.send({"type": "AgentAudioDone"})
             await session.send(
-                {"type": "FunctionCallRequest", "functions": [
-                    {"id": "e1", "name": "end_call", "arguments": "{}", "client_side": True}]}
+                {
+                    "type": "FunctionCallRequest",
+                    "functions": [
+                        {"id": "e1", "name": "end_call", "arguments": "{}", "client_side": True}
+                    ],
+                }
             )
             marked, before = await recv_until(ws, "mark")
             heard = b"".join(
@@ -528,9 +538,10 @@ def test_shutdown_ends_calls_with_reason() -> None:
 
 def test_caller_not_reading_ends_its_call() -> None:
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(
-            "--max-write-buffer", "65536", agent=agent
-        ) as server:
+        async with (
+            FakeAgent() as agent,
+            running_server("--max-write-buffer", "65536", agent=agent) as server,
+        ):
             # The caller is kept open but never read: TCP backs up.
             _ws, session = await ready_call(server, agent, max_queue=1)
             chunk = b"\x33" * 32000
@@ -549,9 +560,12 @@ def test_caller_not_reading_ends_its_call() -> None:
 
 def test_agent_not_reading_ends_its_call() -> None:
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(
-            "--max-write-buffer", "65536", "--chunk-ms", "1000", agent=agent
-        ) as server:
+        async with (
+            FakeAgent() as agent,
+            running_server(
+                "--max-write-buffer", "65536", "--chunk-ms", "1000", agent=agent
+            ) as server,
+        ):
             ws, session = await ready_call(server, agent)
             session.ws.transport.pause_reading()  # the agent stops reading
             seq = 2
