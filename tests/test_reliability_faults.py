@@ -633,6 +633,39 @@ def test_agent_leg_that_ignores_the_close_is_gone_within_2s_of_the_caller() -> N
     run(body(), timeout=20)
 
 
+@pytest.mark.parametrize("how", ["stop", "close frame", "TCP reset"])
+def test_agent_leg_closes_with_a_handshake_within_ms_of_the_caller_leaving(how: str) -> None:
+    """Both legs end together, and gracefully: when the caller leaves, the agent leg gets a
+    1000 close handshake at once (README: "a few ms"). ``--close-timeout`` is 5 s here, so the
+    bounded abort that follows an unanswered close cannot be what ends it."""
+
+    async def body() -> None:
+        async with (
+            FakeAgent() as agent,
+            running_server("--close-timeout", "5", agent=agent) as server,
+        ):
+            for _ in range(3):  # a few calls: the bound holds each time, not just once
+                before = len(agent.sessions)
+                ws = await _bad_call(server, "MZbye")
+                session = await _agent_session_of_new_call(agent, before)
+                t0 = time.monotonic()
+                if how == "stop":
+                    await ws.send(stop(stream_sid="MZbye"))
+                elif how == "close frame":
+                    await ws.close()
+                else:
+                    ws.transport.abort()
+                await asyncio.wait_for(session.closed.wait(), 6)
+                assert session.closed_at is not None
+                took = session.closed_at - t0
+                assert session.close_code == 1000, f"agent leg ended with {session.close_code}"
+                assert took < 0.25, f"the agent leg took {took * 1000:.0f} ms to close"
+                ws.transport.abort()
+                await until(lambda: not server.calls, what="the call gone")
+
+    run(body(), timeout=30)
+
+
 def test_a_caller_sending_flat_out_yields_the_loop_after_each_big_read() -> None:
     """Fairness: after a read of FAIR_READ_BYTES or more a call stops reading until the loop's
     next pass, so one flooding caller cannot starve the other calls and /healthz (uvloop would
