@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import socket
 import struct
 import time
@@ -536,11 +537,56 @@ def test_shutdown_ends_calls_with_reason() -> None:
     run(body())
 
 
-def test_caller_not_reading_ends_its_call() -> None:
+CAP = 65536  # --max-write-buffer in the tests below
+#: The bound: the cap, plus what one pump may add past it (one agent message, as media JSON).
+CAP_BOUND = 3 * CAP
+
+
+class PeakBuffers:
+    """Samples, from outside the driver, the bytes each call holds unsent on either leg."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.caller = 0
+        self.agent = 0
+
+    async def __aenter__(self) -> PeakBuffers:
+        self._task = asyncio.ensure_future(self._sample())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._task.cancel()
+
+    async def _sample(self) -> None:
+        while True:
+            for call in list(self.server.calls):
+                self.caller = max(self.caller, call.transport.get_write_buffer_size())
+                if call.agent is not None:
+                    self.agent = max(self.agent, call.agent.buffered)
+            await asyncio.sleep(0)
+
+
+def _unsent_at_end(caplog: pytest.LogCaptureFixture, who: str) -> int:
+    found = [
+        re.search(rf"{who} not reading: (\d+) bytes unsent", r.getMessage()) for r in caplog.records
+    ]
+    sizes = [int(m.group(1)) for m in found if m is not None]
+    assert sizes, f"no '{who} not reading' line"
+    return sizes[0]
+
+
+def test_caller_not_reading_ends_its_call_within_the_write_cap(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The write cap is a bound: the call ends when the caller's unsent bytes pass
+    --max-write-buffer, so what the server holds for it never grows far beyond the flag."""
+    caplog.set_level("INFO", logger="server")
+
     async def body() -> None:
         async with (
             FakeAgent() as agent,
-            running_server("--max-write-buffer", "65536", agent=agent) as server,
+            running_server("--max-write-buffer", str(CAP), agent=agent) as server,
+            PeakBuffers(server) as peak,
         ):
             # The caller is kept open but never read: TCP backs up.
             _ws, session = await ready_call(server, agent, max_queue=1)
@@ -554,17 +600,25 @@ def test_caller_not_reading_ends_its_call() -> None:
             assert server.metrics.calls_ended == {"timeout": 1}
             await asyncio.wait_for(session.closed.wait(), 5)
             await until(lambda: not server.calls, timeout=5)
+            assert CAP < peak.caller <= CAP_BOUND, f"held {peak.caller} B for the caller"
+        assert CAP < _unsent_at_end(caplog, "caller") <= CAP_BOUND
 
     run(body(), timeout=40)
 
 
-def test_agent_not_reading_ends_its_call() -> None:
+def test_agent_not_reading_ends_its_call_within_the_write_cap(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same bound on the agent leg: queued plus unsent bytes stay near --max-write-buffer."""
+    caplog.set_level("INFO", logger="server")
+
     async def body() -> None:
         async with (
             FakeAgent() as agent,
             running_server(
-                "--max-write-buffer", "65536", "--chunk-ms", "1000", agent=agent
+                "--max-write-buffer", str(CAP), "--chunk-ms", "1000", agent=agent
             ) as server,
+            PeakBuffers(server) as peak,
         ):
             ws, session = await ready_call(server, agent)
             session.ws.transport.pause_reading()  # the agent stops reading
@@ -580,6 +634,8 @@ def test_agent_not_reading_ends_its_call() -> None:
             await _closed_within(ws, 5)
             session.ws.transport.resume_reading()
             await until(lambda: not server.calls, timeout=5)
+            assert CAP < peak.agent <= CAP_BOUND, f"held {peak.agent} B for the agent"
+        assert CAP < _unsent_at_end(caplog, "agent") <= CAP_BOUND
 
     run(body(), timeout=40)
 
