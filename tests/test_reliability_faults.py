@@ -430,6 +430,9 @@ async def _upgrade_one_byte_at_a_time(server: Server, agent: FakeAgent, proxy: A
 
 
 async def _slowloris(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    """Cut off at --request-timeout with a 408 that /metrics counts; no call is started."""
+    timed_out = await metric(server, 'http_responses_total{code="408"}')
+    started = await metric(server, "calls_started_total")
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     t0 = time.monotonic()
     with contextlib.suppress(ConnectionError):
@@ -444,9 +447,14 @@ async def _slowloris(server: Server, agent: FakeAgent, proxy: AgentProxy) -> Non
     assert time.monotonic() - t0 < 3.5, "a slow request is cut off at --request-timeout"
     assert data == b"" or data.startswith(b"HTTP/1.1 408")
     writer.transport.abort()
+    assert await metric(server, 'http_responses_total{code="408"}') == timed_out + 1
+    assert await metric(server, "calls_started_total") == started
 
 
 async def _stalled_requests(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    """Each stalled request is answered 408 at --request-timeout, counted in /metrics."""
+    timed_out = await metric(server, 'http_responses_total{code="408"}')
+    started = await metric(server, "calls_started_total")
     writers = []
     for _ in range(200):
         _, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -457,16 +465,19 @@ async def _stalled_requests(server: Server, agent: FakeAgent, proxy: AgentProxy)
     await until(lambda: len(server.connections) <= 2, timeout=4, what="stalled requests dropped")
     for writer in writers:
         writer.close()
+    assert await metric(server, 'http_responses_total{code="408"}') == timed_out + 200
+    assert await metric(server, "calls_started_total") == started
 
 
-CASES: dict[str, tuple[Case, tuple[str, ...], str]] = {
-    # name: (case, end reasons one of which /metrics counts (none: no call ends), log text)
+CASES: dict[str, tuple[Case, tuple[str, ...], str | tuple[str, ...]]] = {
+    # name: (case, end reasons one of which /metrics counts, log text (or texts, one of which
+    # must be logged)). The two HTTP cases end no call: they check their own 408s instead.
     "agent connect refused": (connect_case("refuse"), ("agent_unreachable",), "connection refused"),
     # The core's connect timer and the client's open_timeout are the same: either may win.
     "agent connect times out": (
         connect_case("silent"),
         ("timeout", "agent_unreachable"),
-        "agent",
+        ("agent_connect: no connection after 1.0s", "timed out while connecting"),
     ),
     "agent answers 401": (connect_case("401"), ("agent_unreachable",), "HTTP 401"),
     "agent closes with 1000": (
@@ -570,7 +581,9 @@ def test_fault_is_contained(name: str, caplog: pytest.LogCaptureFixture) -> None
                 assert await ended(server) == counted + 1, f"/metrics did not count {reasons}"
                 lines = [r.getMessage() for r in caplog.records if " ended " in r.getMessage()]
                 assert any(f"reason={r}" in line for line in lines for r in reasons), lines
-                assert any(log_text in r.getMessage() for r in caplog.records), log_text
+                texts = (log_text,) if isinstance(log_text, str) else log_text
+                messages = [r.getMessage() for r in caplog.records]
+                assert any(t in m for m in messages for t in texts), texts
             await innocent.ws.send(stop(stream_sid="MZinnocent"))
             await asyncio.wait_for(innocent.session.closed.wait(), 2)
 

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
+from bench.loadgen import client_frame, server_frame
 from sansio import fill_placeholders
 from server.app import Server
 from server.tools import ToolRegistry
@@ -397,14 +398,22 @@ def test_bytes_behind_the_upgrade_request_are_not_lost() -> None:
     run(body())
 
 
-def test_ping_is_answered() -> None:
+def test_ping_is_answered_with_its_payload() -> None:
+    """A ping gets a pong with the same payload (RFC 6455 5.5.3), at once, on the raw wire."""
+
     async def body() -> None:
         async with FakeAgent() as agent, running_server(agent=agent) as server:
-            ws = await caller(server)
-            waiter = await ws.ping(b"hello")
-            latency = await asyncio.wait_for(waiter, 2)
-            assert latency >= 0
-            await ws.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(
+                b"GET /media-stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n" + client_frame(b"hello", 0x9)
+            )
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+            assert head.startswith(b"HTTP/1.1 101 ")
+            pong = server_frame(b"hello", 0xA)
+            assert await asyncio.wait_for(reader.readexactly(len(pong)), 1) == pong
+            writer.close()
             await until(lambda: not server.calls)
 
     run(body())
