@@ -731,7 +731,7 @@ class Flooder:
         self.sock.close()
 
 
-async def flood_next_to_an_innocent_call(seconds: float = 3.0) -> tuple[float, float, int]:
+async def flood_next_to_an_innocent_call(seconds: float = 4.0) -> tuple[float, float, int]:
     """Flood one call while an innocent one sends a frame every 20 ms and /healthz is asked
     every 100 ms; return the worst lateness of an innocent frame at its agent (against the
     20 ms schedule), the worst /healthz time, and the bytes the flooder got through."""
@@ -794,10 +794,11 @@ async def flood_next_to_an_innocent_call(seconds: float = 3.0) -> tuple[float, f
         return lateness, max(healthz), flooder.sent
 
 
-#: Generous for a loaded 2-core box. Measured (uvloop, load average 11 on 2 cores): lateness
-#: 0.3-0.42 s, /healthz 0.75-1.03 s; with the yield made a no-op, 6-7 s and 2.9-3.2 s.
+#: Generous for a loaded 2-core box. Measured on uvloop, innocent frame lateness and worst
+#: /healthz: 0.1-0.42 s and 0.19-1.03 s (load average 5-11 on 2 cores); with the yield made a
+#: no-op, 1.8-7 s and 2.9-4.3 s (/healthz then waits about as long as the flood lasts).
 FAIR_FRAME_LATENESS_S = 1.5
-FAIR_HEALTHZ_S = 2.0
+FAIR_HEALTHZ_S = 2.5
 
 
 def test_a_caller_sending_flat_out_cannot_starve_another_call_or_healthz() -> None:
