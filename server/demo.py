@@ -178,7 +178,9 @@ async def demo(wav: Path, speed: float) -> int:
         await agent.stop()
     caller.record_wav(wav)
     print(summary(caller, agent, wav, seconds), flush=True)
-    return 0 if not caller.figures().violations and caller.closed_by == "bridge" else 1
+    early = agent.sessions[0].audio_before_settings_applied if agent.sessions else 0
+    ok = not caller.figures().violations and caller.closed_by == "bridge" and early == 0
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:

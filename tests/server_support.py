@@ -154,9 +154,16 @@ class FakeAgent:
         return self.sessions[index]
 
     async def _handle(self, ws: ServerConnection) -> None:
+        """Record every message the moment it arrives, whatever else the agent is doing.
+
+        The delayed ``SettingsApplied`` goes out from a task of its own, so audio that the
+        bridge sends during the apply delay is read (and counted in ``audio_before_applied``)
+        while it arrives, not after the delay.
+        """
         assert ws.request is not None
         session = AgentSession(ws, dict(ws.request.headers.raw_items()), ws.request.path)
         self.sessions.append(session)
+        applier: asyncio.Task[None] | None = None
         try:
             await ws.send(json.dumps({"type": "Welcome", "request_id": "req-1"}))
             async for message in ws:
@@ -164,11 +171,8 @@ class FakeAgent:
                     data = json.loads(message)
                     session.texts.append(data)
                     session.order.append(data.get("type", "?"))
-                    if data.get("type") == "Settings" and self.apply:
-                        if self.apply_delay:
-                            await asyncio.sleep(self.apply_delay)
-                        session.applied_at = time.monotonic()
-                        await ws.send(json.dumps({"type": "SettingsApplied"}))
+                    if data.get("type") == "Settings" and self.apply and applier is None:
+                        applier = asyncio.create_task(self._apply(session))
                 else:
                     if session.applied_at is None:
                         session.audio_before_applied += len(message)
@@ -180,9 +184,19 @@ class FakeAgent:
         except Exception:
             pass
         finally:
+            if applier is not None:
+                applier.cancel()
             session.close_code = ws.close_code
             session.closed_at = time.monotonic()
             session.closed.set()
+
+    async def _apply(self, session: AgentSession) -> None:
+        """``SettingsApplied`` after ``apply_delay``; ``applied_at`` marks the moment it is sent."""
+        if self.apply_delay:
+            await asyncio.sleep(self.apply_delay)
+        session.applied_at = time.monotonic()
+        with contextlib.suppress(Exception):
+            await session.ws.send(json.dumps({"type": "SettingsApplied"}))
 
 
 # ---------------------------------------------------------------------- the caller
@@ -311,9 +325,7 @@ def get(path: str, host: str = "bridge.example.com", extra: str = "") -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode()
 
 
-def post_form(
-    path: str, form: str, host: str = "bridge.example.com", extra: str = ""
-) -> bytes:
+def post_form(path: str, form: str, host: str = "bridge.example.com", extra: str = "") -> bytes:
     body = form.encode()
     return (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import wave
 from pathlib import Path
 
+from server.peers.agent import GOODBYE_TEXT, LocalAgent
+from server.peers.audio import BYTES_PER_MS
+
 ROOT = Path(__file__).resolve().parent.parent
+SPEED = 4
 
 
 def test_the_packaged_default_config_is_the_repository_config() -> None:
@@ -22,21 +27,32 @@ def test_demo_runs_a_whole_call_and_writes_what_the_caller_heard(tmp_path: Path)
         k: v for k, v in os.environ.items() if k not in ("DEEPGRAM_API_KEY", "TWILIO_AUTH_TOKEN")
     }
     result = subprocess.run(
-        [sys.executable, "-m", "server", "demo", "--speed", "4"],
+        [sys.executable, "-m", "server", "demo", "--speed", str(SPEED)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
         timeout=90,
     )
-    # The demo exits 0 only if the bridge hung up and Twilio would have objected to nothing.
+    # The demo exits 0 only if the bridge hung up, Twilio would have objected to nothing and
+    # no caller audio reached the agent before SettingsApplied.
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
+    assert re.search(r"^audio before SettingsApplied +0 B$", out, re.M), out
     assert "barge-in" in out and "playback was cleared" in out
-    assert (
-        "end_call" in out
-        and "closed by the bridge, code 1000: tool: end_call: goodbye played" in out
-    )
+    assert "end_call" in out and "closed by the bridge, code 1000: tool: end_call" in out
+    # The hangup waits for the goodbye: the agent starts it (its transcript line) only after
+    # the end_call answer, and the bridge ends the call once the caller has played it all.
+    stamps: dict[str, float] = {}
+    for line in out.splitlines():
+        if (found := re.match(r"\[ *([\d.]+)s\] (.*)$", line)) is not None:
+            if f"assistant: {GOODBYE_TEXT}" in found.group(2):
+                stamps.setdefault("goodbye", float(found.group(1)))
+            elif "bridge  call ended" in found.group(2):
+                stamps.setdefault("ended", float(found.group(1)))
+    assert "goodbye" in stamps and "ended" in stamps, out
+    playing = len(LocalAgent().goodbye_audio) / BYTES_PER_MS / 1000 / SPEED
+    assert stamps["ended"] - stamps["goodbye"] >= 0.8 * playing, out
     with wave.open(str(tmp_path / "demo-call.wav")) as wav:
         assert wav.getsampwidth() == 2 and wav.getframerate() == 8000 and wav.getnchannels() == 1
         frames = wav.readframes(wav.getnframes())

@@ -19,6 +19,7 @@ import logging
 import re
 import socket
 import struct
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -429,6 +430,9 @@ async def _upgrade_one_byte_at_a_time(server: Server, agent: FakeAgent, proxy: A
 
 
 async def _slowloris(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    """Cut off at --request-timeout with a 408 that /metrics counts; no call is started."""
+    timed_out = await metric(server, 'http_responses_total{code="408"}')
+    started = await metric(server, "calls_started_total")
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     t0 = time.monotonic()
     with contextlib.suppress(ConnectionError):
@@ -443,9 +447,14 @@ async def _slowloris(server: Server, agent: FakeAgent, proxy: AgentProxy) -> Non
     assert time.monotonic() - t0 < 3.5, "a slow request is cut off at --request-timeout"
     assert data == b"" or data.startswith(b"HTTP/1.1 408")
     writer.transport.abort()
+    assert await metric(server, 'http_responses_total{code="408"}') == timed_out + 1
+    assert await metric(server, "calls_started_total") == started
 
 
 async def _stalled_requests(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    """Each stalled request is answered 408 at --request-timeout, counted in /metrics."""
+    timed_out = await metric(server, 'http_responses_total{code="408"}')
+    started = await metric(server, "calls_started_total")
     writers = []
     for _ in range(200):
         _, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -456,16 +465,19 @@ async def _stalled_requests(server: Server, agent: FakeAgent, proxy: AgentProxy)
     await until(lambda: len(server.connections) <= 2, timeout=4, what="stalled requests dropped")
     for writer in writers:
         writer.close()
+    assert await metric(server, 'http_responses_total{code="408"}') == timed_out + 200
+    assert await metric(server, "calls_started_total") == started
 
 
-CASES: dict[str, tuple[Case, tuple[str, ...], str]] = {
-    # name: (case, end reasons one of which /metrics counts (none: no call ends), log text)
+CASES: dict[str, tuple[Case, tuple[str, ...], str | tuple[str, ...]]] = {
+    # name: (case, end reasons one of which /metrics counts, log text (or texts, one of which
+    # must be logged)). The two HTTP cases end no call: they check their own 408s instead.
     "agent connect refused": (connect_case("refuse"), ("agent_unreachable",), "connection refused"),
     # The core's connect timer and the client's open_timeout are the same: either may win.
     "agent connect times out": (
         connect_case("silent"),
         ("timeout", "agent_unreachable"),
-        "agent",
+        ("agent_connect: no connection after 1.0s", "timed out while connecting"),
     ),
     "agent answers 401": (connect_case("401"), ("agent_unreachable",), "HTTP 401"),
     "agent closes with 1000": (
@@ -569,7 +581,9 @@ def test_fault_is_contained(name: str, caplog: pytest.LogCaptureFixture) -> None
                 assert await ended(server) == counted + 1, f"/metrics did not count {reasons}"
                 lines = [r.getMessage() for r in caplog.records if " ended " in r.getMessage()]
                 assert any(f"reason={r}" in line for line in lines for r in reasons), lines
-                assert any(log_text in r.getMessage() for r in caplog.records), log_text
+                texts = (log_text,) if isinstance(log_text, str) else log_text
+                messages = [r.getMessage() for r in caplog.records]
+                assert any(t in m for m in messages for t in texts), texts
             await innocent.ws.send(stop(stream_sid="MZinnocent"))
             await asyncio.wait_for(innocent.session.closed.wait(), 2)
 
@@ -633,33 +647,165 @@ def test_agent_leg_that_ignores_the_close_is_gone_within_2s_of_the_caller() -> N
     run(body(), timeout=20)
 
 
-def test_a_caller_sending_flat_out_yields_the_loop_after_each_big_read() -> None:
-    """Fairness: after a read of FAIR_READ_BYTES or more a call stops reading until the loop's
-    next pass, so one flooding caller cannot starve the other calls and /healthz (uvloop would
-    otherwise read its socket again and again in one pass). Nothing is lost by it."""
+@pytest.mark.parametrize("how", ["stop", "close frame", "TCP reset"])
+def test_agent_leg_closes_with_a_handshake_within_ms_of_the_caller_leaving(how: str) -> None:
+    """Both legs end together, and gracefully: when the caller leaves, the agent leg gets a
+    1000 close handshake at once (README: "a few ms"). ``--close-timeout`` is 5 s here, so the
+    bounded abort that follows an unanswered close cannot be what ends it."""
 
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(agent=agent) as server:
-            reader, writer, session = await _raw_call(server, agent)
-            [protocol] = [c for c in server.connections if c.call is not None]
-            transport = protocol.transport
-            assert transport is not None
-            pauses: list[float] = []
-            pause_reading = transport.pause_reading
-
-            def counting_pause() -> None:
-                pauses.append(time.monotonic())
-                pause_reading()
-
-            transport.pause_reading = counting_pause  # type: ignore[method-assign]
-            writer.write(PINGS * 4)  # 524 kB in one go: the server's reads come back full
-            pong = server_frame(b"p" * 125, 0xA)
-            assert await asyncio.wait_for(reader.readexactly(4000 * len(pong)), 10) == pong * 4000
-            assert len(pauses) >= 2, "big reads did not yield the loop"
-            assert transport.is_reading(), "reading was not resumed"
-            writer.write(client_frame(stop(stream_sid="MZbad").encode()))
-            await asyncio.wait_for(session.closed.wait(), 2)  # the call still hears its caller
-            assert server.metrics.calls_ended == {"hangup": 1}
-            writer.close()
+        async with (
+            FakeAgent() as agent,
+            running_server("--close-timeout", "5", agent=agent) as server,
+        ):
+            for _ in range(3):  # a few calls: the bound holds each time, not just once
+                before = len(agent.sessions)
+                ws = await _bad_call(server, "MZbye")
+                session = await _agent_session_of_new_call(agent, before)
+                t0 = time.monotonic()
+                if how == "stop":
+                    await ws.send(stop(stream_sid="MZbye"))
+                elif how == "close frame":
+                    await ws.close()
+                else:
+                    ws.transport.abort()
+                await asyncio.wait_for(session.closed.wait(), 6)
+                assert session.closed_at is not None
+                took = session.closed_at - t0
+                assert session.close_code == 1000, f"agent leg ended with {session.close_code}"
+                assert took < 0.25, f"the agent leg took {took * 1000:.0f} ms to close"
+                ws.transport.abort()
+                await until(lambda: not server.calls, what="the call gone")
 
     run(body(), timeout=30)
+
+
+class Flooder:
+    """A caller on a blocking socket, in threads of its own, that sends flat out: they keep the
+    server's socket full however long it spends on each read, so the server alone decides
+    how much of its loop the flood gets."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.stopping = threading.Event()
+        self.sent = 0
+        self.received = 0
+        self.threads = [
+            threading.Thread(target=self._send, daemon=True),
+            threading.Thread(target=self._receive, daemon=True),
+        ]
+
+    def upgrade(self) -> None:
+        """Open the stream and start the call (before the flood, so the call exists)."""
+        self.sock.sendall(
+            b"GET /media-stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+            + client_frame(start(stream_sid="MZflood").encode())
+        )
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def _send(self) -> None:
+        # Unsolicited pongs: the server reads and parses them and answers nothing, so the flood
+        # is all input and the write cap never ends the flooding call.
+        blob = client_frame(b"p" * 125, 0xA) * 8000  # 1 MB a sendall
+        with contextlib.suppress(OSError):
+            while not self.stopping.is_set():
+                self.sock.sendall(blob)
+                self.sent += len(blob)
+
+    def _receive(self) -> None:
+        with contextlib.suppress(OSError):
+            while data := self.sock.recv(1 << 20):
+                self.received += len(data)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        for thread in self.threads:
+            thread.join(5)
+        self.sock.close()
+
+
+async def flood_next_to_an_innocent_call(seconds: float = 4.0) -> tuple[float, float, int]:
+    """Flood one call while an innocent one sends a frame every 20 ms and /healthz is asked
+    every 100 ms; return the worst lateness of an innocent frame at its agent (against the
+    20 ms schedule), the worst /healthz time, and the bytes the flooder got through."""
+    async with FakeAgent() as agent, running_server(agent=agent) as server:
+        innocent = Innocent(server, agent)
+        await innocent.open()
+        [innocent_call] = server.calls
+        flooder = Flooder(server.port)
+        arrivals: list[float] = []
+        session = innocent.session
+
+        class Recorder(bytearray):
+            def __iadd__(self, other: Any) -> Recorder:  # type: ignore[override]
+                arrivals.append(time.monotonic())
+                super().__iadd__(other)
+                return self
+
+        session.audio = Recorder(session.audio)
+        flooder.upgrade()
+        await until(lambda: len(server.calls) == 2, 5, "the flooding call")
+        # A receive buffer that holds more than one read (uvloop reads 256 kB at a time, and
+        # reads again at once only after a full read): as when a flood has filled the kernel's
+        # autotuned buffer, so the outcome does not hang on how the kernel sized it.
+        for connection in server.connections:
+            if connection.call is not None and connection.call is not innocent_call:
+                assert connection.transport is not None
+                sock = connection.transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        flooder.start()
+        await until(lambda: flooder.sent > 1 << 20, 5, "the flood under way")
+        healthz: list[float] = []
+        asked: list[float | None] = [None]  # when the probe in flight was sent
+
+        async def probe() -> None:
+            while True:
+                asked[0] = t = time.monotonic()
+                await healthy(server)
+                healthz.append(time.monotonic() - t)
+                asked[0] = None
+                await asyncio.sleep(0.1)
+
+        prober = asyncio.ensure_future(probe())
+        frames = int(seconds / 0.02)
+        t0 = time.monotonic()
+        try:
+            for i in range(frames):
+                delay = t0 + i * 0.02 - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await innocent.ws.send(media(frame(i), 100 + i, stream_sid="MZinnocent"))
+            await until(lambda: len(arrivals) >= frames, 10, "every innocent frame")
+            in_flight = 0.0 if asked[0] is None else time.monotonic() - asked[0]
+            assert not server.metrics.calls_ended, f"a call ended: {server.metrics.calls_ended}"
+        finally:
+            prober.cancel()
+            flooder.stop()
+        lateness = max(at - (t0 + i * 0.02) for i, at in enumerate(arrivals[:frames]))
+        healthz.append(in_flight)  # a probe still unanswered counts for as long as it waited
+        await innocent.ws.send(stop(stream_sid="MZinnocent"))
+        return lateness, max(healthz), flooder.sent
+
+
+#: Generous for a loaded 2-core box. Measured on uvloop, innocent frame lateness and worst
+#: /healthz: 0.1-0.42 s and 0.19-1.03 s (load average 5-11 on 2 cores); with the yield made a
+#: no-op, 1.8-7 s and 2.9-4.3 s (/healthz then waits about as long as the flood lasts).
+FAIR_FRAME_LATENESS_S = 1.5
+FAIR_HEALTHZ_S = 2.5
+
+
+def test_a_caller_sending_flat_out_cannot_starve_another_call_or_healthz() -> None:
+    """Fairness as an outcome, on uvloop (which reads a busy socket again and again in one
+    pass): while one caller floods flat out, the innocent call's frames keep arriving on time
+    and /healthz keeps answering."""
+    lateness, healthz, flooded = run(flood_next_to_an_innocent_call(), timeout=40, loop="uvloop")
+    assert flooded > 4 << 20, f"the flooder sent only {flooded} B"
+    assert lateness < FAIR_FRAME_LATENESS_S, f"an innocent frame arrived {lateness:.3f} s late"
+    assert healthz < FAIR_HEALTHZ_S, f"/healthz took {healthz:.3f} s"

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import socket
 import struct
 import time
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
+from bench.loadgen import client_frame, server_frame
 from sansio import fill_placeholders
 from server.app import Server
 from server.tools import ToolRegistry
@@ -121,6 +125,50 @@ def test_full_call(loop: str) -> None:
     run(body(), loop=loop)
 
 
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    apply_delay=st.sampled_from([0.0, 0.01, 0.05, 0.12]),
+    early=st.integers(0, 5),
+    frames=st.integers(1, 25),
+    gap_ms=st.integers(0, 8),
+)
+@example(apply_delay=0.12, early=2, frames=25, gap_ms=8)  # the caller talks through the delay
+def test_no_audio_reaches_the_agent_before_settings_applied(
+    apply_delay: float, early: int, frames: int, gap_ms: int
+) -> None:
+    """A real socket agent on loopback, whatever its apply delay and however the caller paces
+    its frames around ``start``: not one audio byte arrives before the agent sent
+    ``SettingsApplied``, and every byte sent after ``start`` arrives, in order."""
+
+    async def body() -> None:
+        async with (
+            FakeAgent(apply_delay=apply_delay) as agent,
+            running_server(agent=agent) as server,
+        ):
+            ws = await caller(server)
+            for i in range(early):  # media before start is dropped, never forwarded
+                await ws.send(media(frame(100 + i), i + 2))
+            await ws.send(start())
+            sent = bytearray()
+            for i in range(frames):
+                await ws.send(media(frame(i), early + i + 2))
+                sent += frame(i)
+                await asyncio.sleep(gap_ms / 1000)
+            session = await agent.session()
+            await until(lambda: len(session.audio) >= len(sent), what="all caller audio")
+            assert session.applied_at is not None
+            assert session.audio_before_applied == 0, "audio reached the agent too early"
+            assert bytes(session.audio) == bytes(sent)
+            await ws.send(stop())
+            await _closed_within(ws, 2)
+
+    run(body(), timeout=15)
+
+
 def test_added_latency_p99_is_small() -> None:
     """Measured from outside: caller send -> agent receive, per 20 ms frame, in real time."""
 
@@ -215,9 +263,10 @@ def test_agent_unreachable_ends_call_cleanly() -> None:
 
 def test_agent_that_never_applies_settings_times_out() -> None:
     async def body() -> None:
-        async with FakeAgent(apply=False) as agent, running_server(
-            "--settings-timeout", "0.3", agent=agent
-        ) as server:
+        async with (
+            FakeAgent(apply=False) as agent,
+            running_server("--settings-timeout", "0.3", agent=agent) as server,
+        ):
             ws = await caller(server)
             await ws.send(start())
             assert await _closed_within(ws, 2) < 2
@@ -350,14 +399,22 @@ def test_bytes_behind_the_upgrade_request_are_not_lost() -> None:
     run(body())
 
 
-def test_ping_is_answered() -> None:
+def test_ping_is_answered_with_its_payload() -> None:
+    """A ping gets a pong with the same payload (RFC 6455 5.5.3), at once, on the raw wire."""
+
     async def body() -> None:
         async with FakeAgent() as agent, running_server(agent=agent) as server:
-            ws = await caller(server)
-            waiter = await ws.ping(b"hello")
-            latency = await asyncio.wait_for(waiter, 2)
-            assert latency >= 0
-            await ws.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(
+                b"GET /media-stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n" + client_frame(b"hello", 0x9)
+            )
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+            assert head.startswith(b"HTTP/1.1 101 ")
+            pong = server_frame(b"hello", 0xA)
+            assert await asyncio.wait_for(reader.readexactly(len(pong)), 1) == pong
+            writer.close()
             await until(lambda: not server.calls)
 
     run(body())
@@ -396,8 +453,12 @@ def test_client_side_tools() -> None:
                 {
                     "type": "FunctionCallRequest",
                     "functions": [
-                        {"id": "f1", "name": "lookup", "arguments": '{"day": "monday"}',
-                         "client_side": True},
+                        {
+                            "id": "f1",
+                            "name": "lookup",
+                            "arguments": '{"day": "monday"}',
+                            "client_side": True,
+                        },
                         {"id": "f2", "name": "missing", "arguments": "{}", "client_side": True},
                         {"id": "f3", "name": "broken", "arguments": "{}", "client_side": True},
                     ],
@@ -416,15 +477,36 @@ def test_client_side_tools() -> None:
     run(body())
 
 
-def test_end_call_tool_hangs_up() -> None:
+def test_end_call_tool_hangs_up_once_the_goodbye_has_played() -> None:
+    """The goodbye the agent sent before ``end_call`` is still playing: the bridge hangs up when
+    the caller echoes its mark (played), not at the request and not at the grace deadline."""
+
     async def body() -> None:
         async with FakeAgent() as agent, running_server(agent=agent) as server:
             ws, session = await ready_call(server, agent)
+            goodbye = b"\x11" * 1600  # 200 ms: one reply, no progress marks
+            await session.send(goodbye)
+            await session.send({"type": "AgentAudioDone"})
             await session.send(
-                {"type": "FunctionCallRequest", "functions": [
-                    {"id": "e1", "name": "end_call", "arguments": "{}", "client_side": True}]}
+                {
+                    "type": "FunctionCallRequest",
+                    "functions": [
+                        {"id": "e1", "name": "end_call", "arguments": "{}", "client_side": True}
+                    ],
+                }
             )
-            assert await _closed_within(ws, 5) < 5
+            marked, before = await recv_until(ws, "mark")
+            heard = b"".join(
+                base64.b64decode(m["media"]["payload"]) for m in before if m["event"] == "media"
+            )
+            assert heard == goodbye
+            await until(lambda: "FunctionCallResponse" in session.types(), what="the answer")
+            await asyncio.sleep(0.5)  # the caller is still playing the goodbye
+            assert ws.state.name == "OPEN", "hung up before the goodbye's mark came back"
+            assert not server.metrics.calls_ended
+            await ws.send(mark(marked["mark"]["name"]))
+            assert await _closed_within(ws, 2) < 1.0, "the echo of the last mark hangs up"
+            assert ws.close_code == 1000 and "goodbye played" in (ws.close_reason or "")
             await until(lambda: not server.calls)
             assert server.metrics.calls_ended == {"tool": 1}
 
@@ -465,11 +547,57 @@ def test_shutdown_ends_calls_with_reason() -> None:
     run(body())
 
 
-def test_caller_not_reading_ends_its_call() -> None:
+CAP = 65536  # --max-write-buffer in the tests below
+#: The bound: the cap, plus what one pump may add past it (one agent message, as media JSON).
+CAP_BOUND = 3 * CAP
+
+
+class PeakBuffers:
+    """Samples, from outside the driver, the bytes each call holds unsent on either leg."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.caller = 0
+        self.agent = 0
+
+    async def __aenter__(self) -> PeakBuffers:
+        self._task = asyncio.ensure_future(self._sample())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._task.cancel()
+
+    async def _sample(self) -> None:
+        while True:
+            for call in list(self.server.calls):
+                self.caller = max(self.caller, call.transport.get_write_buffer_size())
+                if call.agent is not None:
+                    self.agent = max(self.agent, call.agent.buffered)
+            await asyncio.sleep(0)
+
+
+def _unsent_at_end(caplog: pytest.LogCaptureFixture, who: str) -> int:
+    found = [
+        re.search(rf"{who} not reading: (\d+) bytes unsent", r.getMessage()) for r in caplog.records
+    ]
+    sizes = [int(m.group(1)) for m in found if m is not None]
+    assert sizes, f"no '{who} not reading' line"
+    return sizes[0]
+
+
+def test_caller_not_reading_ends_its_call_within_the_write_cap(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The write cap is a bound: the call ends when the caller's unsent bytes pass
+    --max-write-buffer, so what the server holds for it never grows far beyond the flag."""
+    caplog.set_level("INFO", logger="server")
+
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(
-            "--max-write-buffer", "65536", agent=agent
-        ) as server:
+        async with (
+            FakeAgent() as agent,
+            running_server("--max-write-buffer", str(CAP), agent=agent) as server,
+            PeakBuffers(server) as peak,
+        ):
             # The caller is kept open but never read: TCP backs up.
             _ws, session = await ready_call(server, agent, max_queue=1)
             chunk = b"\x33" * 32000
@@ -482,15 +610,26 @@ def test_caller_not_reading_ends_its_call() -> None:
             assert server.metrics.calls_ended == {"timeout": 1}
             await asyncio.wait_for(session.closed.wait(), 5)
             await until(lambda: not server.calls, timeout=5)
+            assert CAP < peak.caller <= CAP_BOUND, f"held {peak.caller} B for the caller"
+        assert CAP < _unsent_at_end(caplog, "caller") <= CAP_BOUND
 
     run(body(), timeout=40)
 
 
-def test_agent_not_reading_ends_its_call() -> None:
+def test_agent_not_reading_ends_its_call_within_the_write_cap(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same bound on the agent leg: queued plus unsent bytes stay near --max-write-buffer."""
+    caplog.set_level("INFO", logger="server")
+
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(
-            "--max-write-buffer", "65536", "--chunk-ms", "1000", agent=agent
-        ) as server:
+        async with (
+            FakeAgent() as agent,
+            running_server(
+                "--max-write-buffer", str(CAP), "--chunk-ms", "1000", agent=agent
+            ) as server,
+            PeakBuffers(server) as peak,
+        ):
             ws, session = await ready_call(server, agent)
             session.ws.transport.pause_reading()  # the agent stops reading
             seq = 2
@@ -505,6 +644,8 @@ def test_agent_not_reading_ends_its_call() -> None:
             await _closed_within(ws, 5)
             session.ws.transport.resume_reading()
             await until(lambda: not server.calls, timeout=5)
+            assert CAP < peak.agent <= CAP_BOUND, f"held {peak.agent} B for the agent"
+        assert CAP < _unsent_at_end(caplog, "agent") <= CAP_BOUND
 
     run(body(), timeout=40)
 
