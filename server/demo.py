@@ -163,6 +163,7 @@ async def demo(wav: Path, speed: float) -> int:
         agent_url=agent.url,
         api_key="demo-key-not-a-secret",
         shutdown_grace=2.0,
+        log_transcripts=True,  # a simulated call: its timeline shows what was said
     )
     server = Server(options)
     await server.start()

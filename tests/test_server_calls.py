@@ -570,7 +570,7 @@ class PeakBuffers:
     async def _sample(self) -> None:
         while True:
             for call in list(self.server.calls):
-                self.caller = max(self.caller, call.transport.get_write_buffer_size())
+                self.caller = max(self.caller, call.twilio.transport.get_write_buffer_size())
                 if call.agent is not None:
                     self.agent = max(self.agent, call.agent.buffered)
             await asyncio.sleep(0)
