@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from server.metrics import Metrics
+from server.metrics import Metrics, setup_multiprocess_metrics
 from server.settings import ServerOptions, StartupError
 from server.tools import ToolRegistry
 
@@ -269,6 +269,7 @@ def _run_workers(options: ServerOptions, tools: ToolRegistry | None, argv: list[
     if not hasattr(socket, "SO_REUSEPORT"):
         raise StartupError("--workers needs SO_REUSEPORT, which this platform lacks")
     sock = _bind_reuseport(options)  # fails here, in the parent, if the port is taken
+    setup_multiprocess_metrics()  # /metrics adds up every worker's counters
     context = multiprocessing.get_context("spawn")
     children = []
     for index in range(1, options.workers):
