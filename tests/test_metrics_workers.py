@@ -4,7 +4,7 @@
   scrape (each on a new connection, so spread over both) counts all of them: calls started and
   ended exactly, calls active while they run. A clean stop removes the shared directory.
 - A worker that has exited still counts in the counters (its calls happened) but no longer in
-  ``calls_active`` (Prometheus's ``livesum``).
+  ``calls_active`` (Prometheus's ``livesum``); histograms (turn latency) add up bucket by bucket.
 """
 
 from __future__ import annotations
@@ -163,6 +163,7 @@ _WORKER = textwrap.dedent(
     metrics.calls_started += 5
     metrics.call_ended("hangup")
     metrics.caller_audio_bytes += 160
+    metrics.observe_turn("first_audio", 0.8)
     metrics.publish()
     print("published", flush=True)
     sys.stdin.read()  # live until the test closes our stdin
@@ -183,6 +184,8 @@ def test_an_exited_worker_keeps_its_counters_and_drops_its_gauge(
         metrics = Metrics(lambda: 1)
         metrics.calls_started += 1
         metrics.caller_audio_bytes += 320
+        metrics.observe_turn("first_audio", 1.1)
+        metrics.observe_turn("first_mark", 1.3)
 
         def sample(name: str) -> float:
             return _value(metrics.render(), f"twilio_bridge_{name}")
@@ -191,6 +194,11 @@ def test_an_exited_worker_keeps_its_counters_and_drops_its_gauge(
         assert sample("calls_started_total") == 6
         assert sample('calls_ended_total{reason="hangup"}') == 1
         assert sample('audio_bytes_total{direction="caller_to_agent"}') == 480
+        turn = "turn_latency_seconds"
+        assert sample(f'{turn}_bucket{{stage="first_audio",le="1.0"}}') == 1  # the worker's 0.8
+        assert sample(f'{turn}_count{{stage="first_audio"}}') == 2
+        assert sample(f'{turn}_count{{stage="first_mark"}}') == 1
+        assert sample(f'{turn}_sum{{stage="first_audio"}}') == pytest.approx(1.9)
         assert worker.stdin is not None
         worker.stdin.close()
         assert worker.wait(10) == 0
