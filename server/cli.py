@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 
 from server import __version__
 from server.app import run_loop, serve
+from server.metrics import setup_multiprocess_metrics
 from server.options import DEFAULT_AGENT_URL, ServerOptions, StartupError, make_options
 from server.tools import ToolLoadError, ToolRegistry
 
@@ -326,6 +327,7 @@ def _run_workers(options: ServerOptions, tools: ToolRegistry | None, argv: list[
     if not hasattr(socket, "SO_REUSEPORT"):
         raise StartupError("--workers needs SO_REUSEPORT, which this platform lacks")
     sock = _bind_reuseport(options)  # fails here, in the parent, if the port is taken
+    setup_multiprocess_metrics()  # /metrics adds up every worker's counters
     context = multiprocessing.get_context("spawn")
     children = []
     for index in range(1, options.workers):
