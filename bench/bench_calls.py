@@ -568,6 +568,9 @@ async def capacity(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict
             f"  => {bridge}: {result['capacity']} calls on one core "
             f"(stopped: {result['stopped']}, {result['seconds']} s){floor}"
         )
+    capped = [b for b in bridges if found[b]["stopped"] == "max calls"]
+    if capped:
+        print(f"  note: {', '.join(capped)} reached --capacity-max: raise it for a real answer")
     if "naive" in found and found["naive"]["capacity"]:
         found["server_vs_naive"] = round(
             found["server"]["capacity"] / found["naive"]["capacity"], 2
