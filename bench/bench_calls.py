@@ -389,6 +389,7 @@ async def measure(point: Point) -> dict[str, Any]:
         "server_user_ms_per_call_s": round(user_ms, 3),
         "server_sys_ms_per_call_s": round(sys_ms, 3),
         "calls_per_core": round(1000 / total_ms) if total_ms > 0 else None,
+        "server_core_share": round(total_ms * calls / 1000 / len(server_cores or {0}), 3),
         "process_cpu_shares": [round((per_pid1[p] - per_pid0[p]) / spent, 3) for p in pids],
         "wakeups_per_s": round((switches1 - switches0) / window, 1),
         "perf_context_switches_per_s": None
@@ -551,8 +552,13 @@ async def capacity(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict
             rows.append(row)
             step = verdict(row, args.p99_limit_ms)
             mark = "load-bound" if step.load_bound else "pass" if step.passed else "fail"
-            share = row["load_core_share"]
-            print(f"  {calls:>5} calls: {mark:<10} {step.why} (load core {share:.0%})")
+            shares = (
+                f"server core {row['server_core_share']:.0%}, load {row['load_core_share']:.0%}"
+            )
+            print(f"  {calls:>5} calls: {mark:<10} {step.why} ({shares})")
+            if not step.passed and not step.load_bound and row["server_core_share"] < 0.7:
+                print("         the server's core was not saturated: other jobs on this machine")
+                print("         (or its scheduler), not the bridge's CPU, set this limit")
             return step
 
         result = await search_capacity(

@@ -61,6 +61,7 @@ def _assert_row_is_sane(row: dict[str, Any], calls: int) -> None:
         "rss_per_call_kib",
         "load_cpu_ms_per_call_s",
         "load_core_share",
+        "server_core_share",
     ):
         assert _finite_non_negative(row[key]), (key, row)
     total = row["server_user_ms_per_call_s"] + row["server_sys_ms_per_call_s"]
