@@ -108,8 +108,10 @@ class Stats:
     barge_in_ms: list[float] = field(default_factory=list)
     tick_lateness_ms: list[float] = field(default_factory=list)
     uss_sent: dict[int, float] = field(default_factory=dict)
+    barge_ins_sent: int = 0  # while recording: how many clears the callers should see
 
     def reset_window(self) -> None:
+        self.barge_ins_sent = 0
         self.inbound_ms.clear()
         self.outbound_ms.clear()
         self.barge_in_ms.clear()
@@ -327,7 +329,10 @@ class AgentSession(asyncio.Protocol):
 
     def barge_in(self, now: float) -> None:
         if self.transport is not None and self.caller is not None:
-            self.bench.stats.uss_sent[self.caller] = now
+            stats = self.bench.stats
+            stats.uss_sent[self.caller] = now
+            if stats.recording:
+                stats.barge_ins_sent += 1
             self.transport.write(server_frame(b'{"type":"UserStartedSpeaking"}'))
 
 
