@@ -22,7 +22,9 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from server.metrics import Metrics
+from server.recording import AudioRecorder
 from server.records.store import RecordsError, open_store
+from server.records.webhook import Deliverer
 from server.settings import ServerOptions, StartupError
 from server.tools import ToolRegistry
 
@@ -59,6 +61,12 @@ class Server:
             self.records = open_store(options.records, options.records_retention_days)
         except RecordsError as exc:
             raise StartupError(str(exc)) from None
+        self.webhook: Deliverer | None = None
+        if options.webhook is not None and self.records is not None:
+            self.records.outbox = True
+            self.webhook = Deliverer(self.records.spec, options.webhook, self.metrics)
+            self.records.on_finished.append(lambda record: self.webhook and self.webhook.wake())
+        self.recordings = AudioRecorder(options.record_audio) if options.record_audio else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -163,8 +171,12 @@ class Server:
         if self._local_agent is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._local_agent.stop(), 2.0)
+        if self.recordings is not None:
+            await asyncio.to_thread(self.recordings.close)
         if self.records is not None:  # what the calls queued is written before we return
             await asyncio.to_thread(self.records.close)
+        if self.webhook is not None:  # after the last finish is queued; pending rows persist
+            await asyncio.to_thread(self.webhook.close)
 
 
 # ---------------------------------------------------------------------- running

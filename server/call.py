@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sansio import (
@@ -45,6 +46,7 @@ from sansio import (
     TwilioState,
 )
 from server.agent_leg import AgentLeg
+from server.recording import recording_path
 from server.records.recorder import CallRecorder
 from server.ws import WsPeer
 
@@ -88,11 +90,17 @@ class CallDriver:
         self._raw = self.options.raw_logs  # whole notices in DEBUG lines
         self._observe_latency = self.metrics.added_latency.observe
         self._store = server.records
+        directory = self.options.record_audio
         self.recorder = (
-            CallRecorder(clock_offset=time.time() - now, redact=self._redact)
+            CallRecorder(
+                clock_offset=time.time() - now,
+                redact=self._redact,
+                recording=partial(recording_path, directory) if directory else None,
+            )
             if self._store is not None
             else None
         )
+        self.audio = server.recordings.call() if server.recordings is not None else None
         self._dispatch: dict[type[Action], Callable[[Any], None]] = {
             SendAgentAudio: self._send_agent_audio,
             SendAgentText: self._send_agent_text,
@@ -218,6 +226,7 @@ class CallDriver:
         transport = self.transport
         dispatch = self._dispatch
         recorder = self.recorder
+        audio = self.audio
         try:
             while True:
                 # What the WebSocket layer queued (pongs and close replies from the input, then
@@ -238,6 +247,8 @@ class CallDriver:
                     break
                 if recorder is not None:
                     recorder.feed(actions, self.loop.time())
+                if audio is not None:  # queue puts only: the WAV is written by another thread
+                    audio.feed(actions, self.loop.time())
                 for action in actions:
                     handler = dispatch.get(type(action))
                     if handler is None:

@@ -64,6 +64,9 @@ class Metrics:
         self.ignored_messages = 0
         self.tool_errors = 0
         self.http_responses: dict[int, int] = {}
+        self.webhook_delivered = 0  # written by the webhook deliverer thread only
+        self.webhook_failures: dict[str, int] = {}
+        self.webhook_gave_up = 0
         self.added_latency = Histogram(LATENCY_BUCKETS)
 
     def uptime(self) -> float:
@@ -74,6 +77,9 @@ class Metrics:
 
     def call_rejected(self, reason: str) -> None:
         self.calls_rejected[reason] = self.calls_rejected.get(reason, 0) + 1
+
+    def webhook_failed(self, reason: str) -> None:
+        self.webhook_failures[reason] = self.webhook_failures.get(reason, 0) + 1
 
     def http_response(self, status: int) -> None:
         self.http_responses[status] = self.http_responses.get(status, 0) + 1
@@ -125,6 +131,15 @@ class Metrics:
                [("", self.tool_errors)])
         metric("http_responses_total", "counter", "HTTP responses sent, by status code.",
                [(f'{{code="{c}"}}', n) for c, n in sorted(self.http_responses.items())])
+
+        metric("webhook_deliveries_total", "counter", "End-of-call webhooks delivered (2xx).",
+               [("", self.webhook_delivered)])
+        metric("webhook_failures_total", "counter",
+               "Failed webhook attempts, by kind: status (non-2xx), timeout, error.",
+               [(f'{{reason="{_label(r)}"}}', n) for r, n in sorted(self.webhook_failures.items())])
+        metric("webhook_gave_up_total", "counter",
+               "Webhooks abandoned after --webhook-max-attempts or --webhook-max-age.",
+               [("", self.webhook_gave_up)])
 
         hist = self.added_latency
         name = f"{PREFIX}_added_latency_seconds"
