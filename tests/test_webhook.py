@@ -26,11 +26,11 @@ from websockets.asyncio.client import connect
 
 from examples import webhook_receiver
 from server.cli import main as cli_main
+from server.metrics import Metrics
 from server.records import RecordStore
 from server.records import cli as records_cli
 from server.records.store import Database
 from server.records.webhook import Deliverer, WebhookConfig, sign, verify
-from server.metrics import Metrics
 from tests.server_support import (
     CALL_SID,
     CONFIG,
@@ -261,9 +261,7 @@ async def _server_process(spec: str, url: str, agent_url: str, cwd: Path) -> tup
             return process, int(line.split("127.0.0.1:")[1].split()[0])
 
 
-def test_a_restart_between_failures_still_delivers_exactly_once(
-    spec: str, tmp_path: Path
-) -> None:
+def test_a_restart_between_failures_still_delivers_exactly_once(spec: str, tmp_path: Path) -> None:
     """Attempt 1 fails (500) in the first process, which is then killed (SIGKILL: no clean
     shutdown); the second process finds the pending row, fails once more, then delivers."""
 
