@@ -64,8 +64,8 @@ class Server:
         self.webhook: Deliverer | None = None
         if options.webhook is not None and self.records is not None:
             self.records.outbox = True
-            self.webhook = Deliverer(self.records.spec, options.webhook, self.metrics)
-            self.records.on_finished.append(lambda record: self.webhook and self.webhook.wake())
+            deliverer = self.webhook = Deliverer(self.records.spec, options.webhook, self.metrics)
+            self.records.on_finished.append(lambda record: deliverer.wake())
         self.recordings = AudioRecorder(options.record_audio) if options.record_audio else None
 
     # ------------------------------------------------------------------ lifecycle
