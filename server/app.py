@@ -25,7 +25,9 @@ from server.call import CallContext, CallDriver
 from server.http import HttpProtocol
 from server.metrics import Metrics
 from server.options import ServerOptions, StartupError
+from server.recording import AudioRecorder
 from server.records.store import RecordsError, open_store
+from server.records.webhook import Deliverer
 from server.tools import ToolRegistry
 from server.twilio_leg import TwilioLeg
 
@@ -58,8 +60,20 @@ class Server:
             self.records = open_store(options.records, options.records_retention_days)
         except RecordsError as exc:
             raise StartupError(str(exc)) from None
+        self.webhook: Deliverer | None = None
+        if options.webhook is not None and self.records is not None:
+            self.records.outbox = True
+            deliverer = self.webhook = Deliverer(self.records.spec, options.webhook, self.metrics)
+            self.records.on_finished.append(lambda record: deliverer.wake())
+        self.recordings = AudioRecorder(options.record_audio) if options.record_audio else None
         self._call_context = CallContext(
-            self.loop, options, self.metrics, self.tools, self.agent_url, self.records
+            self.loop,
+            options,
+            self.metrics,
+            self.tools,
+            self.agent_url,
+            self.records,
+            self.recordings,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -173,8 +187,12 @@ class Server:
         if self._stop_local_agent is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._stop_local_agent(), 2.0)
+        if self.recordings is not None:
+            await asyncio.to_thread(self.recordings.close)
         if self.records is not None:  # what the calls queued is written before we return
             await asyncio.to_thread(self.records.close)
+        if self.webhook is not None:  # after the last finish is queued; pending rows persist
+            await asyncio.to_thread(self.webhook.close)
 
 
 # ---------------------------------------------------------------------- running

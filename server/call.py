@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sansio import (
@@ -47,6 +48,7 @@ from sansio import (
 from server.agent_leg import AgentLeg
 from server.metrics import Metrics
 from server.options import ServerOptions
+from server.recording import AudioRecorder, recording_path
 from server.records.recorder import CallRecorder
 from server.records.store import RecordStore
 from server.tools import ToolRegistry
@@ -69,6 +71,7 @@ class CallContext:
     tools: ToolRegistry
     agent_url: str
     records: RecordStore | None
+    recordings: AudioRecorder | None
 
 
 class CallDriver:
@@ -106,11 +109,18 @@ class CallDriver:
         self._raw = self.options.raw_logs  # whole notices in DEBUG lines
         self._observe_latency = self.metrics.added_latency.observe
         self._store = context.records
+        directory = self.options.record_audio
         self.recorder = (
-            CallRecorder(clock_offset=time.time() - now, redact=self._redact)
+            CallRecorder(
+                clock_offset=time.time() - now,
+                redact=self._redact,
+                recording=partial(recording_path, directory) if directory else None,
+            )
             if self._store is not None
             else None
         )
+        recordings = context.recordings
+        self.audio = recordings.call() if recordings is not None else None
         self._dispatch: dict[type[Action], Callable[[Any], None]] = {
             SendAgentAudio: self._send_agent_audio,
             SendAgentText: self._send_agent_text,
@@ -226,12 +236,15 @@ class CallDriver:
         core = self.core
         ws = self.ws
         recorder = self.recorder
+        audio = self.audio
         try:
             while True:
                 actions = core.actions()
                 if actions:
                     if recorder is not None:
                         recorder.feed(actions, self.loop.time())
+                    if audio is not None:  # queue puts only: the WAV is written by another thread
+                        audio.feed(actions, self.loop.time())
                     self._execute(actions)
                 elif not ws.out:
                     break

@@ -73,9 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Environment: DEEPGRAM_API_KEY (required unless --agent-url local), "
             "TWILIO_AUTH_TOKEN (checks X-Twilio-Signature; strongly recommended), "
             "PUBLIC_URL, DEEPGRAM_AGENT_URL, BRIDGE_RECORDS, BRIDGE_CONTROL_TOKEN (bearer token "
-            "of GET /calls/{CallSid}/record; the route is off without it). A .env file is read "
-            "and never overrides the environment. 'python -m server demo --help' runs the local "
-            "demo; 'python -m server calls --help' reads the call records."
+            "of GET /calls/{CallSid}/record; the route is off without it), BRIDGE_WEBHOOK_SECRET "
+            "(signs --webhook-url's requests). A .env file is read and never overrides the "
+            "environment. 'python -m server demo --help' runs the local demo; "
+            "'python -m server calls --help' reads the call records."
         ),
     )
     add = p.add_argument
@@ -163,6 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
         "(default $BRIDGE_RECORDS or ./calls.db); read them with 'calls'")
     add("--records-retention-days", type=_seconds, default=None, metavar="DAYS",
         help="delete records of calls older than this (default: keep)")
+    add("--webhook-url", default=None, metavar="URL",
+        help="POST each finished call record here, signed with $BRIDGE_WEBHOOK_SECRET "
+        "(X-Bridge-Signature; see docs/records.md)")
+    add("--webhook-timeout", type=_seconds, default=10.0,
+        help="seconds for the webhook receiver to answer (default 10)")
+    add("--webhook-max-attempts", type=_positive_int, default=10,
+        help="attempts per webhook before giving up (default 10)")
+    add("--webhook-max-age", type=_seconds, default=86400.0,
+        help="seconds after the call to keep retrying its webhook (default 86400)")
+    add("--webhook-backoff", type=_seconds, default=1.0,
+        help="seconds before the first retry; doubled for each next one (default 1)")
+    add("--record-audio", default=None, metavar="DIR",
+        help="write one stereo WAV per call here (left: caller; right: agent as heard)")
+    add("--recording-notice", default=None, metavar="TEXT",
+        help="the agent says TEXT first (put before the greeting), e.g. a consent notice")
     add("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     return p
 

@@ -4,7 +4,9 @@ Three real programs talk over real WebSockets on 127.0.0.1: the bridge server, t
 Deepgram-protocol agent and the Twilio caller simulator. The caller plays shipped speech
 clips; the agent greets, answers, is interrupted, and ends the call with the ``end_call``
 tool. The timeline is printed as it happens, then a summary, and what the caller heard is
-written to ``demo-call.wav``.
+written to ``demo-call.wav``. Then the call's record is printed as ``python -m server calls
+show`` prints it (kept in ``demo-calls.db``); with ``--record-audio DIR`` the bridge's own
+stereo recording goes there too and the record names it.
 """
 
 from __future__ import annotations
@@ -146,7 +148,26 @@ def summary(caller: TwilioCaller, agent: LocalAgent, wav: Path, seconds: float) 
     return "\n".join(lines)
 
 
-async def demo(wav: Path, speed: float) -> int:
+def show_record(records: Path) -> str:
+    """The call's record, exactly as ``python -m server calls show`` renders it."""
+    from server.records.cli import render
+    from server.records.store import Database
+
+    db = Database(str(records))
+    try:
+        calls = db.list_calls()  # oldest first: this call is the last one
+        record = db.load(calls[-1].call_sid) if calls else None
+    finally:
+        db.close()
+    if record is None:  # pragma: no cover - the call always starts
+        return "(no record of the call)"
+    command = f"python -m server calls --records {records} show {record.call_sid}"
+    return f"\nthe call record ({command})\n{'-' * 60}\n{render(record)}"
+
+
+async def demo(
+    wav: Path, speed: float, records: Path = Path("demo-calls.db"), audio: Path | None = None
+) -> int:
     timeline = Timeline()
     logging.getLogger("websockets").setLevel(logging.CRITICAL)
     bridge_log = logging.getLogger("server")
@@ -164,6 +185,8 @@ async def demo(wav: Path, speed: float) -> int:
         api_key="demo-key-not-a-secret",
         shutdown_grace=2.0,
         log_transcripts=True,  # a simulated call: its timeline shows what was said
+        records=str(records),
+        record_audio=str(audio) if audio is not None else None,
     )
     server = Server(options)
     await server.start()
@@ -179,6 +202,7 @@ async def demo(wav: Path, speed: float) -> int:
         await agent.stop()
     caller.record_wav(wav)
     print(summary(caller, agent, wav, seconds), flush=True)
+    print(show_record(records), flush=True)
     early = agent.sessions[0].audio_before_settings_applied if agent.sessions else 0
     ok = not caller.figures().violations and caller.closed_by == "bridge" and early == 0
     return 0 if ok else 1
@@ -192,9 +216,17 @@ def main(argv: list[str] | None = None) -> int:
         "--wav", type=Path, default=Path("demo-call.wav"), help="where to save the call"
     )
     parser.add_argument("--speed", type=float, default=1.0, help="run the call this much faster")
+    parser.add_argument(
+        "--records", type=Path, default=Path("demo-calls.db"), help="the call records (SQLite)"
+    )
+    parser.add_argument(
+        "--record-audio", type=Path, default=None, metavar="DIR", help="record the call here"
+    )
     args = parser.parse_args(argv)
+    if args.record_audio is not None:
+        args.record_audio.mkdir(parents=True, exist_ok=True)
     try:
-        return asyncio.run(demo(args.wav, args.speed))
+        return asyncio.run(demo(args.wav, args.speed, args.records, args.record_audio))
     except KeyboardInterrupt:
         return 130
 

@@ -49,8 +49,10 @@ _COUNTERS = (
     "undecodable_media",
     "ignored_messages",
     "tool_errors",
+    "webhook_delivered",
+    "webhook_gave_up",
 )
-_LABELLED = ("calls_ended", "calls_rejected", "http_responses")
+_LABELLED = ("calls_ended", "calls_rejected", "http_responses", "webhook_failures")
 
 
 class Histogram:
@@ -105,6 +107,9 @@ class Metrics:
         self.ignored_messages = 0
         self.tool_errors = 0
         self.http_responses: dict[int, int] = {}
+        self.webhook_delivered = 0  # written by the webhook deliverer thread only
+        self.webhook_failures: dict[str, int] = {}
+        self.webhook_gave_up = 0
         self.added_latency = Histogram(LATENCY_BUCKETS)
         self.turn_latency = {stage: Histogram(TURN_LATENCY_BUCKETS) for stage in TURN_STAGES}
         directory = os.environ.get(MULTIPROCESS_ENV)
@@ -134,6 +139,9 @@ class Metrics:
         self.calls_rejected[reason] = self.calls_rejected.get(reason, 0) + 1
         self.publish()
 
+    def webhook_failed(self, reason: str) -> None:
+        self.webhook_failures[reason] = self.webhook_failures.get(reason, 0) + 1
+
     def http_response(self, status: int) -> None:
         self.http_responses[status] = self.http_responses.get(status, 0) + 1
         self.publish()
@@ -155,6 +163,7 @@ class Metrics:
             "calls_ended": dict(self.calls_ended),
             "calls_rejected": dict(self.calls_rejected),
             "http_responses": {str(code): n for code, n in self.http_responses.items()},
+            "webhook_failures": dict(self.webhook_failures),
             "added_latency": self.added_latency.snapshot(),
             **{f"turn_latency:{s}": h.snapshot() for s, h in self.turn_latency.items()},
         }
@@ -250,6 +259,14 @@ class Metrics:
         metric("http_responses_total", "counter", "HTTP responses sent, by status code.",
                by("code", v["http_responses"], int))
 
+        metric("webhook_deliveries_total", "counter", "End-of-call webhooks delivered (2xx).",
+               [("", v["webhook_delivered"])])
+        metric("webhook_failures_total", "counter",
+               "Failed webhook attempts, by kind: status (non-2xx), timeout, error.",
+               by("reason", v["webhook_failures"]))
+        metric("webhook_gave_up_total", "counter",
+               "Webhooks abandoned after --webhook-max-attempts or --webhook-max-age.",
+               [("", v["webhook_gave_up"])])
         _histogram(out, "added_latency_seconds",
                    "Delay the bridge added to caller audio on its way to the agent.",
                    [("", LATENCY_BUCKETS, v["added_latency"])])

@@ -19,6 +19,7 @@ from sansio import BridgeConfig, ConfigError
 from server import signature
 from server.records import store as records_store
 from server.records.redact import Redactor, RedactorLoadError, keep, load_redactor
+from server.records.webhook import WebhookConfig
 
 DEFAULT_AGENT_URL = "wss://agent.deepgram.com/v1/agent/converse"
 LOCAL_AGENT = "local"
@@ -91,6 +92,8 @@ class ServerOptions:
     records: str | None = None
     records_retention_days: float | None = None
     control_token: str | None = field(default=None, repr=False)
+    webhook: WebhookConfig | None = None
+    record_audio: str | None = None
 
     @property
     def raw_logs(self) -> bool:
@@ -101,7 +104,9 @@ class ServerOptions:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in a log line."""
-        return tuple(s for s in (self.api_key, self.auth_token, self.control_token) if s)
+        webhook_secret = self.webhook.secret if self.webhook is not None else None
+        values = (self.api_key, self.auth_token, self.control_token, webhook_secret)
+        return tuple(s for s in values if s)
 
 
 def load_settings_file(path: str) -> dict[str, Any]:
@@ -221,6 +226,10 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
         raise StartupError("--workers needs a fixed --port (port 0 would differ per worker)")
 
     settings = load_settings_file(args.config)
+    notice = getattr(args, "recording_notice", None)
+    if notice:  # the greeting is the first thing the caller hears
+        agent = settings.setdefault("agent", {})
+        agent["greeting"] = f"{notice.strip()} {agent.get('greeting', '')}".strip()
     try:
         bridge = BridgeConfig(
             settings=settings,
@@ -253,6 +262,11 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
     if records.lower() == "none":
         records = None
 
+    webhook = _webhook(args, env, records)
+    record_audio = getattr(args, "record_audio", None)
+    if record_audio and not Path(record_audio).is_dir():
+        raise StartupError(f"cannot record to --record-audio {record_audio}: no such directory")
+
     return ServerOptions(
         bridge=bridge,
         host=args.host,
@@ -284,4 +298,30 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
         records=records,
         records_retention_days=getattr(args, "records_retention_days", None),
         control_token=env.get("BRIDGE_CONTROL_TOKEN", "").strip() or None,
+        webhook=webhook,
+        record_audio=record_audio or None,
+    )
+
+
+def _webhook(args: Any, env: Mapping[str, str], records: str | None) -> WebhookConfig | None:
+    url = getattr(args, "webhook_url", None)
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise StartupError(f"invalid --webhook-url {url!r}: must be https://host/path (or http://)")
+    secret = env.get("BRIDGE_WEBHOOK_SECRET", "").strip()
+    if not secret:
+        raise StartupError(
+            "--webhook-url needs BRIDGE_WEBHOOK_SECRET: every webhook is signed with it"
+        )
+    if records is None:
+        raise StartupError("--webhook-url needs --records: its outbox is in the records database")
+    return WebhookConfig(
+        url=url,
+        secret=secret,
+        timeout=args.webhook_timeout,
+        max_attempts=args.webhook_max_attempts,
+        max_age=args.webhook_max_age,
+        backoff=args.webhook_backoff,
     )

@@ -45,7 +45,9 @@ class FakeTransport:
 def make_driver() -> tuple[CallDriver, FakeTransport]:
     loop = asyncio.get_running_loop()
     options = make_options(build_parser().parse_args(["--agent-url", "local"]), environ={})
-    context = CallContext(loop, options, Metrics(), ToolRegistry(), "ws://127.0.0.1:9/agent", None)
+    context = CallContext(
+        loop, options, Metrics(), ToolRegistry(), "ws://127.0.0.1:9/agent", None, None
+    )
     transport: Any = FakeTransport()
     return CallDriver(context, transport, b"", "127.0.0.1:1", lambda _: None), transport
 

@@ -27,7 +27,16 @@ def test_demo_runs_a_whole_call_and_writes_what_the_caller_heard(tmp_path: Path)
         k: v for k, v in os.environ.items() if k not in ("DEEPGRAM_API_KEY", "TWILIO_AUTH_TOKEN")
     }
     result = subprocess.run(
-        [sys.executable, "-m", "server", "demo", "--speed", str(SPEED)],
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "demo",
+            "--speed",
+            str(SPEED),
+            "--record-audio",
+            "recordings",
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -59,3 +68,22 @@ def test_demo_runs_a_whole_call_and_writes_what_the_caller_heard(tmp_path: Path)
         assert wav.getnframes() / 8000 > 2.0
     samples = memoryview(frames).cast("h")
     assert max(abs(s) for s in samples) > 1000  # the agent's speech, not silence
+    # After the summary, the record: the same text as 'calls show', with what was heard.
+    command = out.split("the call record (python -m server ")[1].split(")")[0].split()
+    assert command[:3] == ["calls", "--records", "demo-calls.db"] and command[3] == "show"
+    sid = command[4]
+    shown = subprocess.run(
+        [sys.executable, "-m", "server", *command],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout in out
+    assert "end: tool" in shown.stdout and "assistant" in shown.stdout
+    assert "partly heard" in shown.stdout or "cleared" in shown.stdout  # the barged-in reply
+    assert f"recording: recordings/{sid}.wav" in shown.stdout
+    with wave.open(str(tmp_path / "recordings" / f"{sid}.wav")) as stereo:
+        assert stereo.getnchannels() == 2 and stereo.getframerate() == 8000

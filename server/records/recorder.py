@@ -14,7 +14,7 @@ precedes it (or follows it, when the text comes after the audio).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -52,9 +52,17 @@ def _ms(seconds: float) -> float:
 
 
 class CallRecorder:
-    def __init__(self, *, clock_offset: float = 0.0, redact: Redactor = keep) -> None:
-        """``clock_offset`` turns the driver's monotonic ``now`` into epoch seconds."""
+    def __init__(
+        self,
+        *,
+        clock_offset: float = 0.0,
+        redact: Redactor = keep,
+        recording: Callable[[str], str] | None = None,
+    ) -> None:
+        """``clock_offset`` turns the driver's monotonic ``now`` into epoch seconds;
+        ``recording`` names a call's WAV from its CallSid (with ``--record-audio``)."""
         self._offset = clock_offset
+        self._recording = recording
         self._redact = redact
         self.record: CallRecord | None = None
         self.awaiting_mark: str | None = None
@@ -173,6 +181,8 @@ class CallRecorder:
             to_number=number("number", params.get("To", "")) if "To" in params else "",
             started_at=self._wall(now),
         )
+        if self._recording is not None:
+            self.record.recording = self._recording(self.record.call_sid)
         self._writes.append(Write("start", self.record.call_sid, record=self.record.copy()))
 
     def _on_ended(self, notice: CallEnded, now: float) -> None:
