@@ -29,6 +29,7 @@ LEAF_EDGES = {
     ("server.options", "server.signature"),  # options builds the call-token hook
     ("server.options", "server.records.store"),  # the default and the form of --records
     ("server.options", "server.records.redact"),  # --redact loads its hook at startup
+    ("server.options", "server.records.webhook"),  # --webhook-url's bounds
 }
 
 

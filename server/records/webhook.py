@@ -21,15 +21,22 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from server.records.store import Database
 
-if TYPE_CHECKING:
-    from server.metrics import Metrics
-
 log = logging.getLogger("server.records.webhook")
+
+
+class Metrics(Protocol):
+    """The counters the deliverer moves (the server's metrics; a narrow view, so this leaf
+    package imports nothing of the server)."""
+
+    webhook_delivered: int
+    webhook_gave_up: int
+
+    def webhook_failed(self, reason: str) -> None: ...
 
 SIGNATURE_HEADER = "X-Bridge-Signature"
 TIMESTAMP_HEADER = "X-Bridge-Timestamp"
