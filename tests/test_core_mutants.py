@@ -1,0 +1,1 @@
+"""Tests that kill mutants of the core found alive by mutmut (docs/mutation.md)."""
