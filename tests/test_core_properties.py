@@ -163,6 +163,9 @@ CONSERVATION: dict[str, st.SearchStrategy[Any]] = {
 @example(frames=1, lead=1, chunk_ms=20, preroll_ms=20, ready_after=2, gap=0.0, ending="stop")
 @example(frames=3, lead=1, chunk_ms=60, preroll_ms=60, ready_after=9, gap=0.02, ending="close")
 @example(frames=7, lead=0, chunk_ms=400, preroll_ms=20, ready_after=3, gap=0.02, ending="stop")
+@example(frames=2, lead=0, chunk_ms=60, preroll_ms=20, ready_after=0, gap=0.02, ending="close")
+@example(frames=3, lead=1, chunk_ms=20, preroll_ms=20, ready_after=0, gap=0.02, ending="stop")
+@example(frames=3, lead=1, chunk_ms=20, preroll_ms=20, ready_after=0, gap=0.0, ending="stop")
 def test_conservation_of_caller_audio(
     frames: int,
     lead: int,
@@ -178,7 +181,8 @@ def test_conservation_of_caller_audio(
 
     The examples: exactly one chunk sent live; exactly one chunk held in a full pre-roll;
     one byte over the pre-roll cap; a full pre-roll plus a partial chunk at the hang-up; a
-    400 ms chunk never filled before the hang-up."""
+    400 ms chunk never filled before the hang-up; a partial chunk held at a close; one byte
+    over a chunk, flushed by its deadline, or carried from frame to frame in a burst."""
     payloads = caller_audio(frames, lead)
     run_call(
         payloads,
