@@ -9,10 +9,13 @@ import json
 import pytest
 
 from sansio import (
+    Action,
     AgentNotice,
+    AgentReady,
     AgentStartedSpeaking,
     BargeIn,
     CallEnded,
+    CallStarted,
     CloseAgent,
     CloseTwilio,
     ConfigError,
@@ -20,19 +23,27 @@ from sansio import (
     LatencyReport,
     LocalProtocolError,
     Peer,
+    PeerIgnored,
     RemoteProtocolError,
     Transcript,
 )
 
 from .helpers import (
+    ACCOUNT_SID,
+    CALL_SID,
+    SETTINGS,
+    STREAM_SID,
     Call,
     agent,
+    agent_audio_of,
     agent_texts,
     config,
     function_call,
     twilio_dtmf,
     twilio_mark,
+    twilio_media,
     twilio_messages,
+    twilio_start,
     twilio_stop,
 )
 
@@ -247,3 +258,225 @@ def test_a_mark_echo_with_a_name_that_is_not_a_string_is_ignored() -> None:
     assert call.core.ended is None and call.core.stats().ignored_messages == 1
     call.twilio(twilio_stop())
     assert ended(call).reason is EndReason.HANGUP
+
+
+def test_call_started_carries_the_start_fields_and_strings_only() -> None:
+    call = Call()
+    out = call.start(parameters={"From": "+1", "n": 5})  # type: ignore[dict-item]
+    assert out[0] == CallStarted(STREAM_SID, CALL_SID, ACCOUNT_SID, {"From": "+1", "n": "5"})
+    assert call.core.custom_parameters == {"From": "+1", "n": "5"}
+    bare = Call()
+    assert (bare.core.stream_sid, bare.core.call_sid, bare.core.error) == (None, None, None)
+    assert bare.core.custom_parameters == {}
+    start = json.loads(twilio_start())
+    start["start"].update(accountSid=1, callSid=2, streamSid="")  # the top-level sid is used
+    bare.twilio(json.dumps(start))
+    assert bare.log[0] == CallStarted(STREAM_SID, "", "", {"From": "+15550001"})
+    start["start"]["streamSid"], start["streamSid"] = "MZinner", "MZouter"
+    other = Call()
+    other.twilio(json.dumps(start))
+    assert other.core.stream_sid == "MZinner"
+
+
+@pytest.mark.parametrize(
+    ("change", "detail", "code"),
+    [
+        ({"start": None}, "start without a start object", 1008),
+        ({"streamSid": None, "start.streamSid": None}, "start without a streamSid", 1008),
+        ({"start.streamSid": 5, "streamSid": None}, "start without a streamSid", 1008),
+        (
+            {"start.mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 16000}},
+            'unsupported media format {"encoding": "audio/x-mulaw", "sampleRate": 16000}; '
+            "need mu-law/8000/1",
+            1003,
+        ),
+        (
+            {"start.mediaFormat": {"encoding": "audio/x-l16", "sampleRate": 8000, "channels": 1}},
+            'unsupported media format {"encoding": "audio/x-l16", "sampleRate": 8000, "channels": ; '
+            "need mu-law/8000/1",
+            1003,
+        ),
+    ],
+)
+def test_a_bad_start_fails_the_call_with_its_reason(
+    change: dict[str, object], detail: str, code: int
+) -> None:
+    message = json.loads(twilio_start())
+    for key, value in change.items():
+        *path, last = key.split(".")
+        target = message[path[0]] if path else message
+        target[last] = value
+    call = Call()
+    call.at(1.0).twilio(json.dumps(message))
+    assert ended(call).detail == detail
+    assert call.log[-1] == CloseTwilio(code, f"protocol_error: {detail}")
+    assert call.core.next_deadline() == pytest.approx(1.0 + call.core.config.close_timeout)
+
+
+def test_a_refused_call_ends_with_the_refusal() -> None:
+    call = Call(config(admit=lambda sid, params: "no token"))
+    call.at(1.0).start()
+    assert ended(call).detail == "call refused: no token"
+    assert call.core.next_deadline() == pytest.approx(1.0 + call.core.config.close_timeout)
+
+
+def test_json_that_is_not_an_object_fails_the_call_in_time() -> None:
+    call = Call()
+    call.ready()
+    call.at(2.0).twilio("[1]")
+    assert ended(call).detail == "Twilio sent JSON that is not an object"
+    assert call.core.next_deadline() == pytest.approx(2.0 + call.core.config.close_timeout)
+
+
+def test_each_ignored_oddity_is_named() -> None:
+    call = Call()
+    call.ready()
+    media = json.loads(twilio_media(b"x"))
+    out = call.twilio(json.dumps({**media, "media": "x"}))
+    out += call.twilio(twilio_media(b"x", track="outbound-track-with-a-long-name"))
+    out += call.twilio(json.dumps({"event": "e" * 50}))
+    out += call.twilio(twilio_start())
+    bad = json.loads(twilio_media(b"abc"))
+    bad["media"]["payload"] = "YWJj$$"  # base64 with junk: refused, not decoded leniently
+    out += call.twilio(json.dumps(bad))
+    assert [a.detail for a in out if isinstance(a, PeerIgnored)] == [
+        "media without a media object",
+        "media on track 'outbound-track-with-'",
+        f"unknown event {'e' * 40!r}",
+        "a second start",
+        "media payload that is not base64",
+    ]
+    assert call.core.stats().undecodable_media == 2
+    assert agent_audio_of(out) == b""
+
+
+def test_only_64_kinds_of_oddity_are_reported_but_all_are_counted() -> None:
+    call = Call()
+    call.ready()
+    out: list[Action] = []
+    for i in range(70):
+        out += call.twilio(json.dumps({"event": f"e{i}"}))
+    assert len([a for a in out if isinstance(a, PeerIgnored)]) == 64
+    assert call.core.stats().ignored_messages == 70
+
+
+def test_agent_audio_before_settings_applied_fails_the_agent_leg() -> None:
+    call = Call()
+    call.start()
+    call.core.agent_connected(call.now)
+    call.core.agent_audio(b"\x01", call.now)
+    call.drain()
+    detail = "the agent sent audio before SettingsApplied"
+    assert call.log[-1] == CloseAgent(1008, f"protocol_error: {detail}")
+    assert call.core.error is not None and call.core.error.peer is Peer.AGENT
+    call.core.agent_closed(1008, call.now)
+    with pytest.raises(LocalProtocolError, match=r"^agent_audio\(\) in agent state closed$"):
+        call.core.agent_audio(b"\x01", call.now)
+    with pytest.raises(LocalProtocolError, match=r"^agent_text\(\) in agent state closed$"):
+        call.core.agent_text("{}", call.now)
+
+
+def test_agent_audio_is_counted_and_marked_at_each_interval() -> None:
+    call = Call(config(mark_interval_ms=100))  # a progress mark every 800 bytes
+    call.ready()
+    out = call.agent_audio(b"\x01" * 799) + call.agent_audio(b"\x01")
+    out += call.agent_audio(b"\x01" * 800)
+    names = [m["mark"]["name"] for m in twilio_messages(out) if m["event"] == "mark"]
+    assert names == ["0.1.800", "0.1.1600"]
+    assert call.core.stats().agent_audio_bytes_received == 1600
+
+
+def test_settings_applied_after_the_welcome_timeout_reports_no_request_id() -> None:
+    call = Call(config(welcome_timeout=0.5))
+    call.start()
+    call.core.agent_connected(call.now)
+    call.advance_to(0.5)
+    assert call.agent(agent("SettingsApplied"))[0] == AgentReady("", 0)
+
+
+@pytest.mark.parametrize(("length", "kept"), [(110, 110), (111, 110), (200, 110)])
+def test_close_reasons_are_cut_to_fit_a_close_frame(length: int, kept: int) -> None:
+    call = Call()
+    call.ready()
+    call.core.end(EndReason.SHUTDOWN, "d" * length, call.now)
+    call.drain()
+    prefix = "shutdown: "  # 10 bytes: 110 + 10 is the 120-byte limit
+    assert call.log[-2] == CloseTwilio(1000, prefix + "d" * kept)
+
+
+def test_a_close_reason_is_never_cut_inside_a_character() -> None:
+    call = Call()
+    call.ready()
+    call.core.end(EndReason.SHUTDOWN, "d" * 109 + "é", call.now)  # 121 bytes in all
+    call.drain()
+    assert call.log[-2] == CloseTwilio(1000, "shutdown: " + "d" * 109)
+
+
+def test_timers_fire_at_their_deadline_not_before() -> None:
+    call = Call(config(agent_connect_timeout=4.0))
+    call.start()
+    assert call.core.next_deadline() == pytest.approx(4.0)
+    call.core.handle_timeout(3.9)
+    assert call.core.ended is None
+    call.core.agent_connected(3.9)
+    assert call.core.next_deadline() == pytest.approx(3.9 + call.core.config.welcome_timeout)
+    call.core.handle_timeout(4.0)
+    assert call.drain() == [] and call.core.ended is None
+
+
+@pytest.mark.parametrize(
+    ("agent_section", "field", "reason"),
+    [
+        ({"think": []}, "settings.agent.think", "must not be an empty list"),
+        ({"listen": [{"provider": {"type": "deepgram"}}]}, "settings.agent.listen",
+         "must be an object"),
+        ({"speak": [5]}, "settings.agent.speak[0]", "must be an object"),
+        ({"speak": {"provider": {}}}, "settings.agent.speak.provider",
+         'must be an object with a "type" (v1)'),
+        ({"think": {"provider": {"type": "x"}, "model": "m"}}, "settings.agent.think.model",
+         "is the pre-v1 schema: use settings.agent.think.provider.model"),
+        ({"think": {"provider": {"type": "x"}, "instructions": "i"}},
+         "settings.agent.think.instructions",
+         "is the pre-v1 schema: use settings.agent.think.prompt"),
+        ({"think": {"provider": {"type": "x"}, "prompt": 1}}, "settings.agent.think.prompt",
+         "must be a string"),
+        ({"think": {"provider": {"type": "x"}, "functions": {}}},
+         "settings.agent.think.functions", "must be a list of function objects"),
+        ({"think": {"provider": {"type": "x"}, "functions": [{}]}},
+         "settings.agent.think.functions[0]", 'must be an object with a "name"'),
+        ({"greeting": 5}, "settings.agent.greeting", "must be a string"),
+    ],
+)  # fmt: skip
+def test_each_bad_agent_section_is_named_with_its_reason(
+    agent_section: dict[str, object], field: str, reason: str
+) -> None:
+    settings = {**SETTINGS, "agent": {**SETTINGS["agent"], **agent_section}}
+    with pytest.raises(ConfigError) as info:
+        config(settings=settings)
+    assert (info.value.field, info.value.reason) == (field, reason)
+
+
+def test_a_think_section_without_functions_is_accepted() -> None:
+    think = {"provider": {"type": "open_ai", "model": "m"}, "prompt": "p"}
+    settings = {**SETTINGS, "agent": {**SETTINGS["agent"], "think": think}}
+    assert config(settings=settings).settings["agent"]["think"] == think
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "reason"),
+    [
+        ("chunk_ms", 1, None),
+        ("mark_interval_ms", -1, "must be a non-negative integer (0 disables)"),
+        ("close_timeout", 0, "must be a positive number of seconds, got 0"),
+        ("dtmf_template", "none", "must contain the placeholder {digit}"),
+    ],
+)
+def test_each_bad_option_is_named_with_its_reason(
+    option: str, value: object, reason: str | None
+) -> None:
+    if reason is None:  # the smallest valid value
+        assert getattr(config(**{option: value}), option) == value
+        return
+    with pytest.raises(ConfigError) as info:
+        config(**{option: value})
+    assert (info.value.field, info.value.reason) == (option, reason)
