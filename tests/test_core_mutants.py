@@ -292,8 +292,8 @@ def test_call_started_carries_the_start_fields_and_strings_only() -> None:
         ),
         (
             {"start.mediaFormat": {"encoding": "audio/x-l16", "sampleRate": 8000, "channels": 1}},
-            'unsupported media format {"encoding": "audio/x-l16", "sampleRate": 8000, "channels": ; '
-            "need mu-law/8000/1",
+            'unsupported media format {"encoding": "audio/x-l16", "sampleRate": 8000, '
+            '"channels": ; need mu-law/8000/1',
             1003,
         ),
     ],
@@ -309,7 +309,7 @@ def test_a_bad_start_fails_the_call_with_its_reason(
     call = Call()
     call.at(1.0).twilio(json.dumps(message))
     assert ended(call).detail == detail
-    assert call.log[-1] == CloseTwilio(code, f"protocol_error: {detail}")
+    assert call.log[-1] == CloseTwilio(code, f"protocol_error: {detail}"[:120])
     assert call.core.next_deadline() == pytest.approx(1.0 + call.core.config.close_timeout)
 
 
