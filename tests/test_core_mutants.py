@@ -25,6 +25,7 @@ from sansio import (
     Peer,
     PeerIgnored,
     RemoteProtocolError,
+    RunTool,
     Transcript,
 )
 
@@ -480,3 +481,136 @@ def test_each_bad_option_is_named_with_its_reason(
     with pytest.raises(ConfigError) as info:
         config(**{option: value})
     assert (info.value.field, info.value.reason) == (option, reason)
+
+
+def test_an_output_without_a_container_is_accepted() -> None:
+    settings = json.loads(json.dumps(SETTINGS))
+    settings["audio"]["output"].pop("container", None)
+    assert "container" not in config(settings=settings).settings["audio"]["output"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field", "reason"),
+    [
+        (("type",), "Setting", "settings.type", 'must be "Settings" (Voice Agent API v1)'),
+        (("audio",), None, "settings.audio", "is required and must be an object"),
+        (("audio", "input"), 5, "settings.audio.input", "is required and must be an object"),
+        (("audio", "output", "encoding"), "linear16", "settings.audio.output.encoding",
+         'must be "mulaw" (what Twilio carries)'),
+        (("audio", "input", "sample_rate"), 16000, "settings.audio.input.sample_rate",
+         "must be 8000 (what Twilio carries)"),
+        (("audio", "output", "container"), "wav", "settings.audio.output.container",
+         'must be "none" (no file headers)'),
+        (("agent",), "", "settings.agent", "is required: an object, or a stored agent id"),
+        (("extra",), {1, 2}, "settings",
+         "is not JSON-serialisable: Object of type set is not JSON serializable"),
+    ],
+)  # fmt: skip
+def test_each_bad_settings_field_is_named_with_its_reason(
+    path: tuple[str, ...], value: object, field: str, reason: str
+) -> None:
+    settings = json.loads(json.dumps(SETTINGS))
+    target = settings
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(ConfigError) as info:
+        config(settings=settings)
+    assert (info.value.field, info.value.reason) == (field, reason)
+
+
+def test_agent_closing_without_a_reason_adds_none() -> None:
+    call = Call()
+    call.ready()
+    call.core.agent_closed(1000, call.now)
+    call.drain()
+    assert ended(call).detail == "the agent closed the connection with code 1000"
+
+
+@pytest.mark.parametrize("field", ["event", "type"])
+def test_a_discriminator_that_is_not_a_string_is_ignored(field: str) -> None:
+    call = Call()
+    call.ready()
+    if field == "event":
+        out = call.twilio(json.dumps({"event": ["media"]}))
+        assert out == [PeerIgnored("twilio", "unknown event \"['media']\"")]
+    else:
+        out = call.agent(json.dumps({"type": {"a": 1}}))
+        assert out == [AgentNotice("{'a': 1}", {"type": {"a": 1}})]
+    assert call.core.ended is None
+
+
+def test_a_mark_echo_with_an_unhashable_name_is_ignored_while_marks_wait() -> None:
+    call = Call()
+    call.ready()
+    call.agent_audio(b"\x01" * 160)
+    call.agent(agent("AgentAudioDone"))  # one mark is pending
+    echo = json.loads(twilio_mark("x"))
+    echo["mark"]["name"] = {"not": "hashable"}
+    assert call.twilio(json.dumps(echo)) == [PeerIgnored("twilio", "echo of a mark never sent")]
+
+
+def test_the_next_progress_mark_is_one_interval_later() -> None:
+    call = Call(config(mark_interval_ms=100))  # every 800 bytes
+    call.ready()
+    out = call.agent_audio(b"\x01" * 800) + call.agent_audio(b"\x01" * 100)
+    names = [m["mark"]["name"] for m in twilio_messages(out) if m["event"] == "mark"]
+    assert names == ["0.1.800"]
+
+
+def test_a_keepalive_does_not_flush_a_partial_chunk_early() -> None:
+    call = Call(config(chunk_ms=400, keepalive_interval=0.1))
+    call.ready()
+    call.twilio(twilio_media(b"\x01" * 160))
+    out = call.advance_to(0.3)  # keepalives at 0.1, 0.2, 0.3; the chunk is due at 0.4
+    assert agent_audio_of(out) == b""
+    assert agent_audio_of(call.advance_to(0.4)) == b"\x01" * 160
+
+
+def test_a_chunk_filled_exactly_by_two_frames_goes_at_once() -> None:
+    call = Call(config(chunk_ms=20))
+    call.ready()
+    call.twilio(twilio_media(b"\x01" * 80))
+    assert agent_audio_of(call.twilio(twilio_media(b"\x02" * 80))) == b"\x01" * 80 + b"\x02" * 80
+
+
+def test_deadlines_stay_numbers_after_each_kind_of_send() -> None:
+    """Each of these sends restarts the keepalive or close clock at the input's ``now``."""
+    keepalive = 8.0
+    late = Call(config(welcome_timeout=0.5, keepalive_interval=keepalive))
+    late.start()
+    late.core.agent_connected(0.0)
+    late.advance_to(0.5)  # Settings sent without Welcome
+    late.agent(agent("SettingsApplied"))
+    assert late.core.next_deadline() == pytest.approx(0.5 + keepalive)
+
+    held = Call(config(keepalive_interval=keepalive))
+    held.start()
+    held.twilio(twilio_dtmf("1"))
+    held.core.agent_connected(0.0)
+    held.agent(agent("Welcome"))
+    held.at(1.0).agent(agent("SettingsApplied"))  # the held digit is sent now
+    assert agent_texts(held.log)[-1]["type"] == "InjectUserMessage"
+    assert held.core.next_deadline() == pytest.approx(1.0 + keepalive)
+
+    bad = Call(config(keepalive_interval=keepalive))
+    bad.ready()
+    bad.at(2.0).agent(function_call("fc_1", "lookup", arguments="[1]"))
+    assert bad.core.next_deadline() == pytest.approx(2.0 + keepalive)
+
+    error = Call()
+    error.ready()
+    error.at(3.0).agent(agent("Error", code="X", description="y"))
+    assert error.core.next_deadline() == pytest.approx(3.0 + error.core.config.close_timeout)
+
+
+def test_every_function_in_a_request_is_handled_after_one_is_skipped() -> None:
+    call = Call()
+    call.ready()
+    functions = [
+        {"id": 1, "name": "bad id"},
+        {"id": "fc_s", "name": "web", "client_side": False},
+        {"id": "fc_c", "name": "lookup", "arguments": "{}", "client_side": True},
+    ]
+    out = call.agent(agent("FunctionCallRequest", functions=functions))
+    assert [a for a in out if isinstance(a, RunTool)] == [RunTool("fc_c", "lookup", {})]
