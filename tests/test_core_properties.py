@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from sansio import (
@@ -20,6 +21,8 @@ from sansio import (
     CloseTwilio,
     EndReason,
     OpenAgent,
+    Playback,
+    ReplyPlayback,
     RunTool,
     SendAgentAudio,
     SendAgentText,
@@ -28,6 +31,7 @@ from sansio import (
 )
 
 from .helpers import (
+    STREAM_SID,
     Call,
     agent,
     config,
@@ -36,39 +40,58 @@ from .helpers import (
     twilio_dtmf,
     twilio_mark,
     twilio_media,
+    twilio_messages,
     twilio_start,
     twilio_stop,
 )
 
-COMMON = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+COMMON = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # ---------------------------------------------------------------- property 1: conservation
 
+FRAME = 160  # Twilio sends 20 ms of 8 kHz mu-law per media message
+CHUNK_MS = st.sampled_from(range(20, 401, 20))
+GAP_S = st.sampled_from([0.0, 0.005, 0.02, 0.05])
 
-@COMMON
-@given(
-    payloads=st.lists(st.binary(min_size=0, max_size=700), max_size=40),
-    chunk_ms=st.sampled_from([20, 40, 60, 100, 200, 400]),
-    preroll_ms=st.integers(min_value=20, max_value=400),
-    ready_after=st.integers(min_value=0, max_value=40),
-    gaps=st.lists(st.floats(min_value=0.0, max_value=0.3), min_size=40, max_size=40),
-    end_with_stop=st.booleans(),
-)
-def test_conservation_of_caller_audio(
+
+def frame(index: int) -> bytes:
+    """A frame that differs from every other, so loss, duplication and reordering all show."""
+    return index.to_bytes(4, "big") * (FRAME // 4)
+
+
+def caller_audio(frames: int, lead: int) -> list[bytes]:
+    """``frames`` whole frames, after one short frame of ``lead`` bytes if ``lead`` is set."""
+    first = [b"\xff" * lead] if lead else []
+    return first + [frame(i) for i in range(frames)]
+
+
+def run_call(
     payloads: list[bytes],
+    *,
     chunk_ms: int,
     preroll_ms: int,
     ready_after: int,
-    gaps: list[float],
-    end_with_stop: bool,
+    gap: float,
+    ending: str,
 ) -> None:
-    """Audio reaches the agent in order, equal to the input less the counted pre-roll drops,
-    and no partial chunk waits longer than one chunk's duration once the agent is ready."""
-    call = Call(config(chunk_ms=chunk_ms, preroll_ms=preroll_ms, twilio_idle_timeout=1e6))
+    """Play ``payloads`` ``gap`` apart, SettingsApplied before payload ``ready_after``, then
+    end the call at once (or, for ``timeout``, by an idle timeout shorter than one chunk), so
+    a partial chunk is still held when the call ends. Check where every byte went."""
+    idle = chunk_ms / 2000 if ending == "timeout" else 1e6
+    gap = min(gap, idle / 2)
+    call = Call(
+        config(
+            chunk_ms=chunk_ms,
+            preroll_ms=preroll_ms,
+            twilio_idle_timeout=idle,
+            settings_timeout=1e6,
+        )
+    )
     call.start()
     call.core.agent_connected(call.now)
     call.agent(agent("Welcome"))
     ready_at: float | None = None
+    before_ready = 0
     sent: list[tuple[SendAgentAudio, float]] = []
 
     def collect(actions: list[Action]) -> None:
@@ -76,33 +99,159 @@ def test_conservation_of_caller_audio(
 
     def advance(to: float) -> None:
         """Fire deadlines one at a time, noting when each action was emitted."""
-        while (deadline := call.core.next_deadline()) is not None and deadline <= to:
+        for _ in range(10 * len(payloads) + 10):
+            deadline = call.core.next_deadline()
+            if deadline is None or deadline > to:
+                break
             collect(call.advance_to(deadline))
-        call.at(to)
+        call.at(max(call.now, to))
 
     for i, payload in enumerate(payloads):
         if i == ready_after:
             collect(call.agent(agent("SettingsApplied")))
             ready_at = call.now
-        advance(call.now + gaps[i])
+        advance(call.now + gap)
+        if ready_at is None:
+            before_ready += len(payload)
         collect(call.twilio(twilio_media(payload)))
     if ready_at is None:
         collect(call.agent(agent("SettingsApplied")))
         ready_at = call.now
-    advance(call.now + 1.0)
-    if end_with_stop:
+    stats = call.core.stats()
+    held = stats.caller_audio_bytes - stats.agent_audio_bytes_sent - stats.preroll_dropped_bytes
+    event(f"{'a partial chunk' if held else 'nothing'} held when the call ends by {ending}")
+    event("pre-roll cap reached" if before_ready > preroll_ms * 8 else "pre-roll cap not reached")
+    if ending == "stop":
         collect(call.twilio(twilio_stop()))
-    else:
+    elif ending == "close":
         call.core.twilio_closed(1000, call.now)
         collect(call.drain())
+    else:
+        advance(call.now + idle)
+    ended = next(a for a in call.log if isinstance(a, CallEnded))
+    assert ended.reason is (EndReason.TIMEOUT if ending == "timeout" else EndReason.HANGUP)
 
     inbound = b"".join(payloads)
-    dropped = call.core.stats().preroll_dropped_bytes
+    dropped = ended.stats.preroll_dropped_bytes
+    # The pre-roll keeps the newest ``preroll_ms`` of audio and counts what it drops...
+    assert dropped == max(0, before_ready - preroll_ms * 8)
+    # ...and every other byte reaches the agent once, in order, when the call ends however.
     assert b"".join(a.audio for a, _ in sent) == inbound[dropped:]
-    assert dropped <= max(0, len(inbound) - preroll_ms * 8)
+    assert ended.stats.caller_audio_bytes == len(inbound)
+    assert ended.stats.agent_audio_bytes_sent + dropped == len(inbound)
+    chunk = chunk_ms * 8
+    assert all(0 < len(a.audio) <= chunk for a, _ in sent)
     for action, emitted_at in sent:
         if action.since >= ready_at:
             assert emitted_at - action.since <= chunk_ms / 1000 + 1e-9
+
+
+CONSERVATION: dict[str, st.SearchStrategy[Any]] = {
+    "frames": st.integers(min_value=1, max_value=500),
+    "lead": st.integers(min_value=0, max_value=FRAME - 1),
+    "chunk_ms": CHUNK_MS,
+    "preroll_ms": st.integers(min_value=20, max_value=1000),
+    "ready_after": st.integers(min_value=0, max_value=501),
+    "gap": GAP_S,
+}
+
+
+@COMMON
+@given(**CONSERVATION, ending=st.sampled_from(["stop", "close"]))
+@example(frames=1, lead=0, chunk_ms=20, preroll_ms=20, ready_after=0, gap=0.02, ending="stop")
+@example(frames=1, lead=0, chunk_ms=20, preroll_ms=20, ready_after=1, gap=0.02, ending="close")
+@example(frames=1, lead=1, chunk_ms=20, preroll_ms=20, ready_after=2, gap=0.0, ending="stop")
+@example(frames=3, lead=1, chunk_ms=60, preroll_ms=60, ready_after=9, gap=0.02, ending="close")
+@example(frames=7, lead=0, chunk_ms=400, preroll_ms=20, ready_after=3, gap=0.02, ending="stop")
+@example(frames=2, lead=0, chunk_ms=60, preroll_ms=20, ready_after=0, gap=0.02, ending="close")
+@example(frames=3, lead=1, chunk_ms=20, preroll_ms=20, ready_after=0, gap=0.02, ending="stop")
+@example(frames=3, lead=1, chunk_ms=20, preroll_ms=20, ready_after=0, gap=0.0, ending="stop")
+def test_conservation_of_caller_audio(
+    frames: int,
+    lead: int,
+    chunk_ms: int,
+    preroll_ms: int,
+    ready_after: int,
+    gap: float,
+    ending: str,
+) -> None:
+    """Audio reaches the agent in order, equal to the input less the counted pre-roll drops,
+    even when the caller hangs up (stop or close) with a partial chunk held, and no partial
+    chunk waits longer than one chunk's duration once the agent is ready.
+
+    The examples: exactly one chunk sent live; exactly one chunk held in a full pre-roll;
+    one byte over the pre-roll cap; a full pre-roll plus a partial chunk at the hang-up; a
+    400 ms chunk never filled before the hang-up; a partial chunk held at a close; one byte
+    over a chunk, flushed by its deadline, or carried from frame to frame in a burst."""
+    payloads = caller_audio(frames, lead)
+    run_call(
+        payloads,
+        chunk_ms=chunk_ms,
+        preroll_ms=preroll_ms,
+        ready_after=ready_after,
+        gap=gap,
+        ending=ending,
+    )
+
+
+# ---------------------------------------------------------------- property 5: barge-in
+
+PLAYBACK_STEP = st.one_of(
+    st.tuples(st.just("audio"), st.integers(min_value=1, max_value=4000)),
+    st.tuples(st.just("done"), st.none()),
+    st.tuples(st.just("echo"), st.integers(min_value=0, max_value=50)),
+    st.tuples(st.just("barge_in"), st.none()),
+    st.tuples(st.just("caller"), st.integers(min_value=1, max_value=FRAME)),
+    st.tuples(st.just("advance"), st.floats(min_value=0.0, max_value=2.0)),
+)
+
+
+@COMMON
+@given(steps=st.lists(PLAYBACK_STEP, max_size=30))
+@example(steps=[])
+@example(steps=[("audio", 1600), ("done", None), ("echo", 0)])
+def test_user_started_speaking_clears_twilio_in_the_same_step(
+    steps: list[tuple[str, Any]],
+) -> None:
+    """Whatever is (believed to be) playing, a barge-in is answered by exactly one ``clear``,
+    first, in the step that saw it; every reply still playing is reported cleared."""
+    call = Call(config(mark_interval_ms=100, twilio_idle_timeout=1e6, keepalive_interval=1e6))
+    call.ready()
+    marks: list[str] = []
+    playing: set[int] = set()
+
+    def track(actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendTwilioText):
+                message = json.loads(action.text)
+                if message["event"] == "mark":
+                    marks.append(message["mark"]["name"])
+                    playing.add(int(message["mark"]["name"].split(".")[1]))
+            elif isinstance(action, ReplyPlayback):
+                playing.discard(action.reply)
+
+    for kind, arg in [*steps, ("barge_in", None)]:
+        if kind == "audio":
+            track(call.agent_audio(b"\x01" * arg))
+        elif kind == "done":
+            track(call.agent(agent("AgentAudioDone")))
+        elif kind == "echo" and marks:
+            track(call.twilio(twilio_mark(marks.pop(arg % len(marks)))))
+        elif kind == "caller":
+            track(call.twilio(twilio_media(frame(arg)[:arg])))
+        elif kind == "advance":
+            track(call.advance_to(call.now + arg))
+        elif kind == "barge_in":
+            before = set(playing)
+            out = call.agent(agent("UserStartedSpeaking"))
+            assert out and isinstance(out[0], ClearTwilio), out
+            assert sum(isinstance(a, ClearTwilio) for a in out) == 1
+            assert twilio_messages(out)[0] == {"event": "clear", "streamSid": STREAM_SID}
+            cleared = {a.reply for a in out if isinstance(a, ReplyPlayback)}
+            assert all(a.outcome is Playback.CLEARED for a in out if isinstance(a, ReplyPlayback))
+            assert before <= cleared
+            track(out)
+            playing.clear()
 
 
 # ---------------------------------------------------------------- a random, valid driver
@@ -160,6 +309,7 @@ STEP = st.one_of(
     st.tuples(st.just("agent_connected"), st.none()),
     st.tuples(st.just("agent_closed"), st.none()),
     st.tuples(st.just("agent_type"), st.sampled_from(AGENT_TYPES)),
+    st.tuples(st.just("agent_type"), st.just("UserStartedSpeaking")),  # barge-in, often
     st.tuples(st.just("agent_audio"), st.binary(max_size=400)),
     st.tuples(st.just("agent_text"), st.text(max_size=40) | structured("type", AGENT_TYPES)),
     st.tuples(st.just("tool_call"), st.sampled_from(["lookup", "end_call"])),
@@ -272,7 +422,7 @@ class Checker:
             assert any(isinstance(a, ClearTwilio) for a in actions)
         # Closed legs must eventually let the call finish: deadlines are never in the past.
         deadline = self.core.next_deadline()
-        assert deadline is None or deadline > self.call.now - 1e-9 or self.core.ended is None
+        assert deadline is None or deadline > self.call.now - 1e-9
 
 
 BOOTSTRAP: list[list[tuple[str, Any]]] = [
@@ -327,3 +477,26 @@ def test_arbitrary_peer_input_never_raises_in_any_state(
         call.core.twilio_text(text, call.now)
         call.core.twilio_bytes(data, call.now)
         call.drain()
+
+
+@COMMON
+@given(**CONSERVATION)
+@example(frames=1, lead=0, chunk_ms=40, preroll_ms=20, ready_after=0, gap=0.0)
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: a call ended by a timeout (or by end(), or end_call's hang-up) drops the "
+    "partial chunk it holds, neither sent nor counted",
+)
+def test_conservation_of_caller_audio_when_the_call_times_out(
+    frames: int, lead: int, chunk_ms: int, preroll_ms: int, ready_after: int, gap: float
+) -> None:
+    """As above, for a call that ends by the caller's idle timeout before the partial chunk's
+    deadline (an idle timeout shorter than one chunk)."""
+    run_call(
+        caller_audio(frames, lead),
+        chunk_ms=chunk_ms,
+        preroll_ms=preroll_ms,
+        ready_after=ready_after,
+        gap=gap,
+        ending="timeout",
+    )

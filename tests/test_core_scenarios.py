@@ -815,15 +815,22 @@ def test_bridge_options_are_validated(option: str, value: object) -> None:
 def test_settings_accept_the_v1_variants() -> None:
     """A stored agent id, fallback lists for think and speak, client-side functions, and a
     section left out (Deepgram's default)."""
-    config(settings={**SETTINGS, "agent": "agent-id-1234"})
     settings = json.loads(json.dumps(SETTINGS))
     agent = settings["agent"]
     del agent["listen"]
     agent["think"]["functions"] = [{"name": "lookup", "description": "d", "parameters": {}}]
     agent["think"] = [agent["think"], {**agent["think"], "provider": {"type": "anthropic"}}]
     agent["speak"] = [agent["speak"], {"provider": {"type": "eleven_labs"}, "endpoint": {}}]
-    accepted = config(settings=settings).settings["agent"]
-    assert accepted["think"][1]["provider"]["type"] == "anthropic"
+    for variant in ({**SETTINGS, "agent": "agent-id-1234"}, settings):
+        call = Call(config(settings=variant))
+        call.ready()
+        # Accepted, and sent to the agent as written, placeholders filled.
+        assert agent_texts(call.log)[0] == fill_placeholders(variant, {"From": "+15550001"})
+    # The checks do look inside the lists: one bad fallback is named by its index.
+    agent["think"][1]["provider"] = {}
+    with pytest.raises(ConfigError) as info:
+        config(settings=settings)
+    assert info.value.field == "settings.agent.think[1].provider"
 
 
 def test_settings_must_be_an_object() -> None:
@@ -843,5 +850,6 @@ def test_agent_text_agent_messages_keep_state_for_inspection() -> None:
     call = Call()
     call.ready()
     assert call.core.stream_sid == STREAM_SID and call.core.call_sid.startswith("CA")
-    assert isinstance(call.log[-1], AgentReady) or any(isinstance(a, AgentReady) for a in call.log)
+    assert call.log[-1] == AgentReady("req-1", 0)  # the last thing SettingsApplied gave
+    assert call.core.agent_state is AgentState.READY
     assert of(SendAgentText, call.log) and not of(SendTwilioMedia, call.log)
