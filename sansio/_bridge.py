@@ -347,9 +347,6 @@ class CallBridge:
         self._ignore(Peer.TWILIO, oddity.detail, undecodable=oddity.undecodable)
 
     def _hang_up(self, detail: str, now: float) -> None:
-        """The caller is gone: send the audio still held, then end."""
-        if self._agent_state is AgentState.READY:
-            self._uplink.flush()
         self._end(EndReason.HANGUP, detail, now)
 
     def _fail(self, peer: Peer, message: str, close_code: int, now: float) -> None:
@@ -357,7 +354,10 @@ class CallBridge:
         self._end(EndReason.PROTOCOL_ERROR, message, now)
 
     def _end(self, reason: EndReason, detail: str, now: float) -> None:
-        """End the call exactly once: withdraw tools, report, then close both legs."""
+        """End the call exactly once: send the audio still held (however the call ends, the
+        caller's last words are the agent's), withdraw tools, report, then close both legs."""
+        if self._agent_state is AgentState.READY:
+            self._uplink.flush()
         self._tools.withdraw_all()
         self._ended = CallEnded(reason, detail, self.stats())
         self._clock.ended = now

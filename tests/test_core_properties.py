@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
@@ -482,11 +481,6 @@ def test_arbitrary_peer_input_never_raises_in_any_state(
 @COMMON
 @given(**CONSERVATION)
 @example(frames=1, lead=0, chunk_ms=40, preroll_ms=20, ready_after=0, gap=0.0)
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a call ended by a timeout (or by end(), or end_call's hang-up) drops the "
-    "partial chunk it holds, neither sent nor counted",
-)
 def test_conservation_of_caller_audio_when_the_call_times_out(
     frames: int, lead: int, chunk_ms: int, preroll_ms: int, ready_after: int, gap: float
 ) -> None:
