@@ -141,9 +141,9 @@ class ServerProcess:
 
 async def check_with_peers(chunk_ms: int, pin: bool) -> dict[str, Any]:
     """One real call through the server under test with the project's own peers."""
-    from server.peers.agent import LocalAgent
-    from server.peers.audio import load_clip
-    from server.peers.caller import TwilioCaller
+    from peers.agent import LocalAgent
+    from peers.audio import load_clip
+    from peers.caller import TwilioCaller
 
     async with LocalAgent(hangup_after_utterances=1) as agent:
         server = ServerProcess(agent.port, chunk_ms, pin)

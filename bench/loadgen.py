@@ -1,6 +1,6 @@
 """A lean load generator for whole-call benchmarks: N Twilio callers and one agent server.
 
-The `websockets`-based peers in ``server/peers`` cost more CPU per call than the server they
+The `websockets`-based peers in ``peers`` cost more CPU per call than the server they
 would load, so one core of them cannot drive 100 real-time calls. This module speaks the same wire
 protocols with hand-rolled RFC 6455 framing on asyncio Protocols, one shared clock per side,
 and pre-built messages, so that the load generator costs far less than the server it loads.

@@ -109,7 +109,7 @@ class Server:
         return [s for srv in self._servers for s in getattr(srv, "sockets", ())]
 
     async def _start_local_agent(self) -> None:
-        from server.peers.agent import LocalAgent  # only --agent-url local needs it
+        from peers.agent import LocalAgent  # only --agent-url local needs it
 
         agent = LocalAgent(host="127.0.0.1", port=0)
         await agent.start()

@@ -1,6 +1,6 @@
 """Command line: ``python -m server`` and the ``twilio-agent-bridge`` script.
 
-``python -m server demo ...`` is handed to :mod:`server.demo`, ``python -m server calls ...``
+``python -m server demo ...`` is handed to :mod:`peers.demo`, ``python -m server calls ...``
 to :mod:`server.records.cli`. Configuration mistakes print
 one line (no traceback) and exit with status 2; a port that is already taken exits with
 status 1; a clean shutdown on SIGTERM/SIGINT exits with 0. With ``--workers N`` this module
@@ -221,7 +221,7 @@ def _load_env_file(path: str) -> None:
 
 
 def _run_demo(argv: list[str]) -> int:
-    from server.demo import main as demo_main  # the demo pulls in the peers: only load it here
+    from peers.demo import main as demo_main  # the demo pulls in the peers: only load it here
 
     return int(demo_main(argv) or 0)
 

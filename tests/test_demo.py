@@ -10,8 +10,8 @@ import sys
 import wave
 from pathlib import Path
 
-from server.peers.agent import GOODBYE_TEXT, LocalAgent
-from server.peers.audio import BYTES_PER_MS
+from peers.agent import GOODBYE_TEXT, LocalAgent
+from peers.audio import BYTES_PER_MS
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEED = 4

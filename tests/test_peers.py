@@ -1,4 +1,4 @@
-"""Tests of the local peers (server.peers): the Deepgram stand-in and the Twilio caller.
+"""Tests of the local peers (peers): the Deepgram stand-in and the Twilio caller.
 
 Each peer is exercised against plain ``websockets`` stand-ins written here, and both together
 through a deliberately tiny bridge, so the peers are checked against the documented protocols
@@ -25,8 +25,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from server.peers.agent import GOODBYE_TEXT, REPLY_TEXT, AgentSession, LocalAgent
-from server.peers.audio import (
+from peers.agent import GOODBYE_TEXT, REPLY_TEXT, AgentSession, LocalAgent
+from peers.audio import (
     DECODE_TABLE,
     SILENCE_FRAME,
     Vad,
@@ -39,7 +39,7 @@ from server.peers.audio import (
     tone,
     write_wav,
 )
-from server.peers.caller import TwilioCaller, standard_call, twilio_signature
+from peers.caller import TwilioCaller, standard_call, twilio_signature
 
 T = TypeVar("T")
 

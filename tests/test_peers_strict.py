@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from server.peers.agent import (
+from peers.agent import (
     REFUSED_TEXT,
     SESSION_CAP_REASON,
     AgentSession,
@@ -33,8 +33,8 @@ from server.peers.agent import (
     LocalAgent,
     agent_from_argv,
 )
-from server.peers.audio import load_clip, silence, tone
-from server.peers.caller import (
+from peers.audio import load_clip, silence, tone
+from peers.caller import (
     TwilioCaller,
     add_irregular_arguments,
     irregular_options,

@@ -652,7 +652,7 @@ def test_agent_not_reading_ends_its_call_within_the_write_cap(
 
 def test_agent_url_local_bridges_to_the_bundled_agent_without_a_key() -> None:
     """`--agent local` (short for `--agent-url local`): a Twilio connectivity check, no key."""
-    from server.peers.caller import TwilioCaller
+    from peers.caller import TwilioCaller
 
     async def body() -> None:
         server = Server(options("--agent", "local", env={"DEEPGRAM_API_KEY": ""}))

@@ -221,8 +221,8 @@ def test_tools_module_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_demo_subcommand_is_routed(tmp_path: Path) -> None:
-    """``python -m server demo`` reaches server/demo.py's own parser (the demo ships)."""
-    assert (ROOT / "server" / "demo.py").is_file(), "server/demo.py is missing"
+    """``python -m server demo`` reaches peers/demo.py's own parser (the demo ships)."""
+    assert (ROOT / "peers" / "demo.py").is_file(), "peers/demo.py is missing"
     result = _run_cli(["demo", "--help"], _env(), tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: python -m server demo"), result.stdout

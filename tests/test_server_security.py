@@ -208,7 +208,7 @@ def test_simulator_follows_the_webhook_like_twilio_and_passes_the_call_token() -
             running_server("--require-call-token", agent=agent, env=ENV) as server,
         ):
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "server.peers.caller",
+                sys.executable, "-m", "peers.caller",
                 f"ws://127.0.0.1:{server.port}/media-stream", "--speed", "50",
                 "--auth-token-env", "SIMULATOR_TOKEN",
                 "--webhook", f"http://127.0.0.1:{server.port}/incoming-call",

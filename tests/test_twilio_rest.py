@@ -29,7 +29,7 @@ from twilio.rest import Client  # type: ignore[import-untyped]
 from websockets.asyncio.server import ServerConnection, serve
 
 from peers.twilio_api import Fault, SimCall, TwilioApiPeer
-from server.peers.caller import TwilioCaller
+from peers.caller import TwilioCaller
 from server.twilio_rest import (
     CallResource,
     RetryPolicy,

@@ -23,9 +23,9 @@ from typing import Any
 from sansio import BridgeConfig
 from server.app import Server
 from server.options import ServerOptions, load_settings_file
-from server.peers.agent import LocalAgent
-from server.peers.audio import BYTES_PER_MS, load_clip
-from server.peers.caller import TwilioCaller
+from peers.agent import LocalAgent
+from peers.audio import BYTES_PER_MS, load_clip
+from peers.caller import TwilioCaller
 
 PARAMETERS = {"From": "+15550100", "To": "+15550199", "CallSid": "CA-demo"}
 

@@ -986,9 +986,9 @@ class LocalAgent:
 
 
 def agent_from_argv(argv: list[str] | None = None) -> LocalAgent:
-    """The LocalAgent ``python -m server.peers.agent`` would run with these arguments."""
+    """The LocalAgent ``python -m peers.agent`` would run with these arguments."""
     parser = argparse.ArgumentParser(
-        prog="python -m server.peers.agent",
+        prog="python -m peers.agent",
         description="Local stand-in for the Deepgram Voice Agent API v1.",
     )
     parser.add_argument("--host", default="127.0.0.1")
@@ -1026,7 +1026,7 @@ def agent_from_argv(argv: list[str] | None = None) -> LocalAgent:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m server.peers.agent``: run a LocalAgent until Ctrl-C."""
+    """``python -m peers.agent``: run a LocalAgent until Ctrl-C."""
     agent = agent_from_argv(argv)
 
     async def serve_until_cancelled() -> None:

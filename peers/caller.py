@@ -778,9 +778,9 @@ async def _run_cli(caller: TwilioCaller, wav: str | None) -> CallFigures:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m server.peers.caller URL``: one scripted call; exit 1 if Twilio would object."""
+    """``python -m peers.caller URL``: one scripted call; exit 1 if Twilio would object."""
     parser = argparse.ArgumentParser(
-        prog="python -m server.peers.caller",
+        prog="python -m peers.caller",
         description="Simulate Twilio's side of a bidirectional Media Stream against a bridge.",
     )
     parser.add_argument("url", help="the bridge's WebSocket URL, e.g. ws://127.0.0.1:8080/media")
