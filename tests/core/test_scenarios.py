@@ -42,8 +42,7 @@ from sansio import (
     fill_placeholders,
 )
 from sansio._bridge import MAX_HELD_DTMF, MAX_PENDING_MARKS
-
-from .helpers import (
+from tests.helpers import (
     CALL_SID,
     SETTINGS,
     STREAM_SID,

@@ -1,7 +1,7 @@
 """Chunking invariance of the HTTP layer: the same bytes, whole or split at random points,
 give the same responses and the same connection fate. (The WebSocket layer has the same
-property in tests/test_server_ws.py, and the core's arbitrary message sequences are in
-tests/test_core_properties.py.)"""
+property in tests/server/test_ws.py, and the core's arbitrary message sequences are in
+tests/core/test_properties.py.)"""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 
 from server.app import Server
 from server.http import HttpProtocol
-
-from .server_support import options
+from tests.server_support import options
 
 
 class FakeTransport(asyncio.Transport):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("sansio", "server")
 PEERS = ("server.peers", "peers")  # the local Twilio caller and agent (dev tooling)
 DEV_TOOLING = ("server.demo",)  # runs the peers against the server, so it may import them

@@ -18,7 +18,7 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from .server_support import (
+from tests.server_support import (
     FakeAgent,
     caller,
     http,

@@ -13,10 +13,16 @@ from websockets.sync.client import connect
 from websockets.sync.server import ServerConnection, serve
 
 from sansio import CallEnded, EndReason, Notice
+from tests.helpers import (
+    STREAM_SID,
+    config,
+    twilio_connected,
+    twilio_media,
+    twilio_start,
+    twilio_stop,
+)
 
-from .helpers import STREAM_SID, config, twilio_connected, twilio_media, twilio_start, twilio_stop
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_example() -> ModuleType:

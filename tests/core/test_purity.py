@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SANSIO = Path(__file__).resolve().parent.parent / "sansio"
+SANSIO = Path(__file__).resolve().parents[2] / "sansio"
 FORBIDDEN = ("asyncio", "socket", "selectors", "ssl", "threading", "subprocess")
 
 

@@ -21,8 +21,7 @@ from pathlib import Path
 from websockets.exceptions import ConnectionClosed
 
 from server.app import Server
-
-from .server_support import (
+from tests.server_support import (
     AgentSession,
     FakeAgent,
     caller,

@@ -19,8 +19,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from server import agent_leg
 from server.agent_leg import USER_AGENT, AgentLeg
-
-from .server_support import run
+from tests.server_support import run
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 

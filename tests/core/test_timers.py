@@ -6,8 +6,7 @@ import pytest
 
 from sansio import AgentState, CallBridge, LocalProtocolError, TwilioState
 from sansio._timers import Timer, Timers
-
-from .helpers import Call, agent, config, function_call, twilio_mark
+from tests.helpers import Call, agent, config, function_call, twilio_mark
 
 
 def test_next_deadline_is_the_earliest_armed_row_of_the_phase() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from peers.agent import GOODBYE_TEXT, LocalAgent
 from peers.audio import BYTES_PER_MS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPEED = 4
 
 

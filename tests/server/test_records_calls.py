@@ -1,7 +1,7 @@
 """Records of real calls on loopback: what ``calls show`` and ``GET /calls/{sid}/record`` give,
 and that the server's whole log output at DEBUG keeps the caller's words and number private.
 
-The store cases run on SQLite and on PostgreSQL (see tests/test_records.py for the rules).
+The store cases run on SQLite and on PostgreSQL (see tests/server/test_records.py for the rules).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect
 from server.records import cli as records_cli
 from server.tools import ToolRegistry
 from tests.helpers import twilio_dtmf
+from tests.server.test_records import spec as spec
 from tests.server_support import (
     CALL_SID,
     CONFIG,
@@ -38,7 +39,6 @@ from tests.server_support import (
     stop,
     until,
 )
-from tests.test_records import spec as spec
 
 PHRASE = "my chest hurts since Tuesday"
 NUMBER = "+15557654321"

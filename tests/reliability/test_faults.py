@@ -29,8 +29,7 @@ from websockets.exceptions import ConnectionClosed
 
 from bench.loadgen import GUID, client_frame, server_frame
 from server.app import Server
-
-from .server_support import (
+from tests.server_support import (
     AgentSession,
     FakeAgent,
     caller,

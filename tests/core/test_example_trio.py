@@ -22,11 +22,17 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import serve
 
 from sansio import CallEnded, EndReason, Notice
+from tests.core.test_example_threaded import ScriptedAgent
+from tests.helpers import (
+    STREAM_SID,
+    config,
+    twilio_connected,
+    twilio_media,
+    twilio_start,
+    twilio_stop,
+)
 
-from .helpers import STREAM_SID, config, twilio_connected, twilio_media, twilio_start, twilio_stop
-from .test_example_threaded import ScriptedAgent
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_example() -> ModuleType:

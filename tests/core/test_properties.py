@@ -26,8 +26,7 @@ from sansio import (
     SendTwilioText,
     TwilioState,
 )
-
-from .helpers import (
+from tests.helpers import (
     Call,
     agent,
     config,

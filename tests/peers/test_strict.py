@@ -1,8 +1,9 @@
 """The local agent's strict and surprising modes, and the caller's irregular ones, on loopback.
 
 Each mode is checked against plain ``websockets`` clients and servers written here, and every
-message the agent sends is validated against Deepgram's own SDK models (tests/deepgram_models.py),
-so the peers are held to Deepgram's schema and not to the bridge's idea of it.
+message the agent sends is validated against Deepgram's own SDK models
+(tests/peers/deepgram_models.py), so the peers are held to Deepgram's schema and not to the
+bridge's idea of it.
 """
 
 from __future__ import annotations
@@ -40,10 +41,14 @@ from peers.caller import (
     irregular_options,
     signed_url_variant,
 )
-from tests.deepgram_models import ModelMismatch, validate_client_message, validate_server_message
+from tests.peers.deepgram_models import (
+    ModelMismatch,
+    validate_client_message,
+    validate_server_message,
+)
 
 T = TypeVar("T")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 END_CALL = {"name": "end_call", "description": "End the call.", "parameters": {}}
 SETTINGS: dict[str, Any] = {
     "type": "Settings",

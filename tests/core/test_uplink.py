@@ -7,8 +7,15 @@ import json
 from sansio import Action, AgentState, Dtmf, PeerIgnored, SendAgentAudio, SendAgentText
 from sansio._counters import Counters
 from sansio._uplink import MAX_HELD_DTMF, Uplink
-
-from .helpers import Call, agent, agent_audio_of, agent_texts, config, twilio_dtmf, twilio_media
+from tests.helpers import (
+    Call,
+    agent,
+    agent_audio_of,
+    agent_texts,
+    config,
+    twilio_dtmf,
+    twilio_media,
+)
 
 
 def make(**overrides: object) -> tuple[Uplink, list[Action], Counters]:
