@@ -5,29 +5,37 @@ Deepgram-protocol agent and the Twilio caller simulator. The caller plays shippe
 clips; the agent greets, answers, is interrupted, and ends the call with the ``end_call``
 tool. The timeline is printed as it happens, then a summary, and what the caller heard is
 written to ``demo-call.wav``.
+
+This module drives the peers only: the bridge comes from a :data:`StartBridge` callable that
+the bridge's own entry point passes in (``server/local.py``), so any bridge can be demonstrated.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import sys
 import time
-from collections.abc import Awaitable
-from importlib import resources
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
-from sansio import BridgeConfig
-from server.app import Server
-from server.options import ServerOptions, load_settings_file
-from peers.agent import LocalAgent
-from peers.audio import BYTES_PER_MS, load_clip
-from peers.caller import TwilioCaller
+from .agent import LocalAgent
+from .audio import BYTES_PER_MS, load_clip
+from .caller import TwilioCaller
 
 PARAMETERS = {"From": "+15550100", "To": "+15550199", "CallSid": "CA-demo"}
+
+
+class RunningBridge(NamedTuple):
+    """A bridge the demo started: where its media stream listens, and how to stop it."""
+
+    url: str
+    stop: Callable[[], Awaitable[None]]
+
+
+StartBridge = Callable[[str], Awaitable[RunningBridge]]
+"""``start(agent_url)``: start a bridge whose agent is at ``agent_url``, once it listens."""
 
 
 class Timeline:
@@ -49,15 +57,6 @@ class _BridgeLog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.timeline.say("bridge", record.getMessage())
-
-
-def default_settings() -> dict[str, Any]:
-    """``./config.json`` if there is one, else the copy shipped with the package."""
-    if Path("config.json").is_file():
-        return load_settings_file("config.json")
-    text = resources.files("server").joinpath("default_config.json").read_text()
-    settings: dict[str, Any] = json.loads(text)
-    return settings
 
 
 async def _within(step: Awaitable[bool], timeline: Timeline, what: str) -> bool:
@@ -146,36 +145,30 @@ def summary(caller: TwilioCaller, agent: LocalAgent, wav: Path, seconds: float) 
     return "\n".join(lines)
 
 
-async def demo(wav: Path, speed: float) -> int:
+async def demo(start_bridge: StartBridge, wav: Path, speed: float, bridge_logger: str) -> int:
+    """One call through the bridge ``start_bridge`` starts; its ``bridge_logger`` INFO lines
+    join the timeline. 0 if Twilio saw no violation, the bridge hung up and no audio came early.
+    """
     timeline = Timeline()
     logging.getLogger("websockets").setLevel(logging.CRITICAL)
-    bridge_log = logging.getLogger("server")
+    bridge_log = logging.getLogger(bridge_logger)
     bridge_log.setLevel(logging.INFO)
     bridge_log.addHandler(_BridgeLog(timeline))
     bridge_log.propagate = False
 
     agent = LocalAgent(hangup_after_utterances=4, idle_timeout=30)
     await agent.start()
-    options = ServerOptions(
-        bridge=BridgeConfig(settings=default_settings()),
-        host="127.0.0.1",
-        port=0,
-        agent_url=agent.url,
-        api_key="demo-key-not-a-secret",
-        shutdown_grace=2.0,
-        log_transcripts=True,  # a simulated call: its timeline shows what was said
-    )
-    server = Server(options)
-    await server.start()
-    url = f"ws://127.0.0.1:{server.port}/media-stream"
-    timeline.say("demo", f"bridge at {url}, local agent at {agent.url}; calling...")
-    caller = TwilioCaller(url, custom_parameters=PARAMETERS, speed=speed)
     try:
-        async with caller:
-            await run_call(caller, agent, timeline)
-        seconds = time.perf_counter() - timeline.origin
+        bridge = await start_bridge(agent.url)
+        timeline.say("demo", f"bridge at {bridge.url}, local agent at {agent.url}; calling...")
+        caller = TwilioCaller(bridge.url, custom_parameters=PARAMETERS, speed=speed)
+        try:
+            async with caller:
+                await run_call(caller, agent, timeline)
+            seconds = time.perf_counter() - timeline.origin
+        finally:
+            await bridge.stop()
     finally:
-        await server.shutdown(grace=2.0)
         await agent.stop()
     caller.record_wav(wav)
     print(summary(caller, agent, wav, seconds), flush=True)
@@ -184,7 +177,8 @@ async def demo(wav: Path, speed: float) -> int:
     return 0 if ok else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None, start_bridge: StartBridge, bridge_logger: str) -> int:
+    """The demo's command line, for the bridge entry point that owns ``start_bridge``."""
     parser = argparse.ArgumentParser(
         prog="python -m server demo", description=__doc__.splitlines()[0]
     )
@@ -194,10 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed", type=float, default=1.0, help="run the call this much faster")
     args = parser.parse_args(argv)
     try:
-        return asyncio.run(demo(args.wav, args.speed))
+        return asyncio.run(demo(start_bridge, args.wav, args.speed, bridge_logger))
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

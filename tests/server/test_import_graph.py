@@ -12,8 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("sansio", "server")
-PEERS = ("server.peers", "peers")  # the local Twilio caller and agent (dev tooling)
-DEV_TOOLING = ("server.demo",)  # runs the peers against the server, so it may import them
+PEERS = ("peers",)  # the local Twilio caller, agent, REST API and the demo (dev tooling)
+LOCAL = "server.local"  # where `--agent-url local` and `python -m server demo` start the peers
 LEAVES = {
     "server",  # __init__: the version only
     "server.metrics",
@@ -144,7 +144,8 @@ def test_the_graph_is_read_from_the_source() -> None:
     graph = _graph()
     assert ("server.options", False) in {(m, g) for m, _, g in graph["server.http"]}
     assert "server.call" in {m for m, _, _ in graph["server.app"]}
-    assert any(_is(m, PEERS) for m, _, _ in graph["server.app"])  # a function-level import
+    assert LOCAL in {m for m, _, _ in graph["server.app"]}  # a function-level import
+    assert any(_is(m, PEERS) for m, _, _ in graph[LOCAL])
     assert "server.signature" in {m for m, _, _ in graph["server.options"]}  # `from server import`
     assert "sansio._bridge" in {m for m, _, _ in graph["sansio"]}  # relative or absolute
 
@@ -195,12 +196,26 @@ def test_the_legs_know_no_call_and_http_knows_no_call() -> None:
 
 
 def test_one_edge_from_the_server_to_the_peers() -> None:
-    """Only where `--agent local` starts the bundled agent (the dev tooling aside)."""
-    edges = {
-        (name, module)
-        for name, found in _graph().items()
-        if _is(name, ("server",)) and not _is(name, PEERS + DEV_TOOLING)
-        for module, _, _ in found
-        if _is(module, PEERS)
-    }
-    assert len(edges) == 1, edges
+    """Only ``server.local`` (``--agent-url local`` and the demo) imports the peers."""
+    graph = _graph()
+    importers = {name for name, found in graph.items() for m, _, _ in found if _is(m, PEERS)}
+    assert importers == {LOCAL}
+
+
+def test_the_peers_import_neither_the_core_nor_the_server() -> None:
+    """The peers work against any bridge: no import of ``sansio`` or ``server``, anywhere."""
+    wrong = []
+    for path in sorted((ROOT / "peers").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            wrong += [
+                f"{path.relative_to(ROOT)}:{node.lineno} -> {name}"
+                for name in names
+                if _is(name, PACKAGES)
+            ]
+    assert wrong == []
