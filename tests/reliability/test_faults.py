@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import logging
 import re
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from bench.loadgen import GUID, client_frame, server_frame
+from peers.frames import accept_key, client_frame, server_frame, upgrade_request
 from server.app import Server
 from tests.server_support import (
     AgentSession,
@@ -262,10 +261,7 @@ async def _raw_call(
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
     reader, writer = await asyncio.open_connection(sock=sock)
-    writer.write(
-        b"GET /media-stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
+    writer.write(upgrade_request("/media-stream"))
     await reader.readuntil(b"\r\n\r\n")
     writer.write(client_frame(start(stream_sid="MZbad").encode()))
     return reader, writer, await _agent_session_of_new_call(agent, before)
@@ -411,13 +407,7 @@ async def _upgrade_one_byte_at_a_time(server: Server, agent: FakeAgent, proxy: A
     before = len(agent.sessions)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     payload = start(stream_sid="MZbad").encode()
-    raw = (
-        b"GET /media-stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        + struct.pack("!BBH", 0x81, 0xFE, len(payload))
-        + b"\x01\x02\x03\x04"
-        + bytes(b ^ (1, 2, 3, 4)[i % 4] for i, b in enumerate(payload))
-    )
+    raw = upgrade_request("/media-stream") + client_frame(payload, mask=b"\x01\x02\x03\x04")
     for i in range(len(raw)):
         writer.write(raw[i : i + 1])
         await writer.drain()
@@ -613,7 +603,7 @@ class DeafAgent:
         head = await reader.readuntil(b"\r\n\r\n")
         key = re.search(rb"(?i)sec-websocket-key:\s*(\S+)", head)
         assert key is not None
-        accept = base64.b64encode(hashlib.sha1(key.group(1) + GUID).digest())
+        accept = accept_key(key.group(1))
         writer.write(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
@@ -697,10 +687,7 @@ class Flooder:
     def upgrade(self) -> None:
         """Open the stream and start the call (before the flood, so the call exists)."""
         self.sock.sendall(
-            b"GET /media-stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            b"Sec-WebSocket-Version: 13\r\n\r\n"
-            + client_frame(start(stream_sid="MZflood").encode())
+            upgrade_request("/media-stream") + client_frame(start(stream_sid="MZflood").encode())
         )
 
     def start(self) -> None:

@@ -7,7 +7,6 @@ import base64
 import json
 import re
 import socket
-import struct
 import time
 from typing import Any
 
@@ -16,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
-from bench.loadgen import client_frame, server_frame
+from peers.frames import client_frame, server_frame, upgrade_request
 from sansio import fill_placeholders
 from server.app import Server
 from server.tools import ToolRegistry
@@ -367,23 +366,14 @@ def test_bad_input_leaves_concurrent_call_untouched(loop: str) -> None:
 
 
 def _masked_text_frame(text: str) -> bytes:
-    payload = text.encode()
-    key = b"\x01\x02\x03\x04"
-    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    n = len(payload)
-    head = bytes((0x81, 0x80 | n)) if n < 126 else struct.pack("!BBH", 0x81, 0x80 | 126, n)
-    return head + key + masked
+    return client_frame(text.encode(), mask=b"\x01\x02\x03\x04")
 
 
 def test_bytes_behind_the_upgrade_request_are_not_lost() -> None:
     async def body() -> None:
         async with FakeAgent() as agent, running_server(agent=agent) as server:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            request = (
-                b"GET /media-stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                b"Sec-WebSocket-Version: 13\r\n\r\n"
-            )
+            request = upgrade_request("/media-stream")
             # the upgrade request and two frames in one TCP write
             writer.write(request + _masked_text_frame(connected()) + _masked_text_frame(start()))
             await writer.drain()
@@ -405,11 +395,7 @@ def test_ping_is_answered_with_its_payload() -> None:
     async def body() -> None:
         async with FakeAgent() as agent, running_server(agent=agent) as server:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(
-                b"GET /media-stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                b"Sec-WebSocket-Version: 13\r\n\r\n" + client_frame(b"hello", 0x9)
-            )
+            writer.write(upgrade_request("/media-stream") + client_frame(b"hello", 0x9))
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
             assert head.startswith(b"HTTP/1.1 101 ")
             pong = server_frame(b"hello", 0xA)
