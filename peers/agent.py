@@ -203,7 +203,9 @@ class AgentSession:
     (answers to cancelled calls, which Deepgram drops), ``cancelled`` (ids withdrawn by
     ``FunctionCallCancelled``), ``refused`` (injections answered with ``InjectionRefused``),
     ``utterances`` (caller turns confirmed), ``error`` (code of the fatal Error sent, if any),
-    ``failed`` (the :class:`Failure` mode applied) and ``close_code``/``close_reason``.
+    ``failed`` (the :class:`Failure` mode applied) and ``close_code``/``close_reason``; and,
+    on ``time.monotonic()``, ``applied_at`` (SettingsApplied sent), ``first_audio_at`` and
+    ``closed_at``, with ``order`` (the JSON types received, one ``"audio"`` per run of binary).
     """
 
     def __init__(self, agent: LocalAgent, ws: ServerConnection, index: int) -> None:
@@ -234,6 +236,10 @@ class AgentSession:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.closed = asyncio.Event()
+        self.order: list[str] = []
+        self.applied_at: float | None = None
+        self.first_audio_at: float | None = None
+        self.closed_at: float | None = None
         self._loop = asyncio.get_running_loop()
         self._last_received = self._loop.time()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -260,6 +266,24 @@ class AgentSession:
             "__customToThinkProvider": self._on_custom_to_think,
             **{kind: self._on_update for kind in _UPDATE_ACKS},
         }
+
+    @property
+    def texts(self) -> list[dict[str, Any]]:
+        """The JSON messages received, in order."""
+        return [m.message for m in self.received if isinstance(m.message, dict)]
+
+    def types(self) -> list[str]:
+        """The ``type`` of each JSON message received."""
+        return [str(text.get("type", "?")) for text in self.texts]
+
+    async def send(self, message: dict[str, Any] | str | bytes) -> None:
+        """Send anything: a dict as JSON, a str as a raw text frame, bytes as audio."""
+        if isinstance(message, dict):
+            await self.send_json(message)
+        elif isinstance(message, str):
+            await self.ws.send(message)
+        else:
+            await self.send_bytes(message)
 
     @property
     def speaking(self) -> bool:
@@ -360,14 +384,17 @@ class AgentSession:
 
     async def run(self) -> None:
         """Serve the connection until it closes; never raises for anything the client sends."""
-        self._spawn(self._watch_idle())
-        self._spawn(self._watch_session_cap())
+        if not self.agent.passive:
+            self._spawn(self._watch_idle())
+            self._spawn(self._watch_session_cap())
         try:
             await self.send_json({"type": "Welcome", "request_id": self.request_id})
             async for message in self.ws:
                 self._last_received = self._loop.time()
                 try:
-                    if isinstance(message, str):
+                    if self.agent.passive:
+                        self._on_passive(message)
+                    elif isinstance(message, str):
                         await self._on_text(message)
                     else:
                         await self._on_binary(message)
@@ -384,7 +411,37 @@ class AgentSession:
             await self.ws.wait_closed()
             self.close_code = self.ws.close_code
             self.close_reason = self.ws.close_reason
+            self.closed_at = time.monotonic()
             self.closed.set()
+
+    def _on_passive(self, message: str | bytes) -> None:
+        """Passive mode: record the message on arrival; only Settings gets an answer."""
+        if isinstance(message, bytes):
+            self._record_audio(message)
+            return
+        data = json.loads(message)
+        self.received.append(Received(self._loop.time(), data))
+        self.events.append(str(data.get("type", "?")))
+        self.order.append(self.events[-1])
+        if data.get("type") == "Settings" and self.settings is None:
+            self.settings = data
+            if self.agent.apply_settings:
+                self._spawn(self._apply_settings())
+
+    def _record_audio(self, data: bytes) -> None:
+        agent = self.agent
+        if agent.on_audio is not None:
+            agent.on_audio(self, data, time.perf_counter())
+        self.audio_bytes += len(data)
+        if self.first_audio_at is None:
+            self.first_audio_at = time.monotonic()
+        if self.order[-1:] != ["audio"]:
+            self.order.append("audio")
+        if agent.record_audio:
+            self.audio += data
+            self.received.append(Received(self._loop.time(), data))
+        if not self.settings_applied:
+            self.audio_before_settings_applied += len(data)
 
     # ---- receiving ----
 
@@ -398,6 +455,7 @@ class AgentSession:
             raise _Fatal("UNPARSABLE_CLIENT_MESSAGE", "The message has no string 'type' field.")
         self.received.append(Received(self._loop.time(), message))
         self.events.append(kind)
+        self.order.append(kind)
         handler = self._handlers.get(kind)
         if handler is None:
             raise _Fatal("UNPARSABLE_CLIENT_MESSAGE", f"Unknown message type {kind!r}.")
@@ -418,14 +476,8 @@ class AgentSession:
 
     async def _on_binary(self, data: bytes) -> None:
         agent = self.agent
-        if agent.on_audio is not None:
-            agent.on_audio(self, data, time.perf_counter())
-        self.audio_bytes += len(data)
-        if agent.record_audio:
-            self.audio += data
-            self.received.append(Received(self._loop.time(), data))
+        self._record_audio(data)
         if not self.settings_applied:
-            self.audio_before_settings_applied += len(data)
             if self.settings is None:
                 raise _Fatal(
                     "NON_SETTINGS_MESSAGE_BEFORE_SETTINGS",
@@ -509,9 +561,15 @@ class AgentSession:
     async def _apply_settings(self) -> None:
         if self.agent.settings_delay > 0:
             await asyncio.sleep(self.agent.settings_delay)
-        await self.send_json({"type": "SettingsApplied"})
+        self.applied_at = time.monotonic()  # audio from now on is not early (it is sent now)
         self.settings_applied = True
         self._vad_origin = len(self.audio)
+        try:
+            await self.send_json({"type": "SettingsApplied"})
+        except ConnectionClosed:
+            return
+        if self.agent.passive:
+            return
         failure = self.agent.failure
         if failure is not None and self.index < failure.sessions:
             self._spawn(self._fail_later(failure))
@@ -851,6 +909,11 @@ class LocalAgent:
     ``FunctionCallRequest``, server-side for those with an ``endpoint``); ``stale_audio_ms``
     (audio of the interrupted reply still sent after ``UserStartedSpeaking``); ``failure`` (a
     :class:`Failure`: end sessions mid-call); ``session_cap`` (seconds; Deepgram's is 2 hours).
+
+    ``passive`` makes it the tests' agent: every message is recorded on arrival and accepted
+    unchecked, ``Settings`` gets ``SettingsApplied`` after ``settings_delay`` (never, with
+    ``apply_settings=False``), and it says nothing else unless a test sends it (no VAD, no
+    replies, no idle timeout, no session cap).
     """
 
     def __init__(
@@ -882,6 +945,8 @@ class LocalAgent:
         stale_audio_ms: int = 0,
         failure: Failure | None = None,
         session_cap: float = SESSION_CAP_SECONDS,
+        passive: bool = False,
+        apply_settings: bool = True,
     ) -> None:
         if reply not in ("clip", "echo", "tone"):
             raise ValueError(f"reply must be 'clip', 'echo' or 'tone', not {reply!r}")
@@ -922,6 +987,8 @@ class LocalAgent:
         self.stale_audio_ms = stale_audio_ms
         self.failure = failure
         self.session_cap = session_cap
+        self.passive = passive
+        self.apply_settings = apply_settings
         self.greeting_audio = load_clip("agent-greeting")
         self.reply_audio = load_clip("agent-reply")
         self.tone_audio = b"".join(tone(f, 400) for f in (523.25, 659.25, 783.99)) * 2
@@ -938,6 +1005,19 @@ class LocalAgent:
     def url(self) -> str:
         """The URL to give the bridge, with Deepgram's path (any path works)."""
         return f"ws://{self.host}:{self.port}{PATH}"
+
+    @property
+    def open_connections(self) -> int:
+        return sum(1 for s in self.sessions if not s.closed.is_set())
+
+    async def session(self, index: int = 0, timeout: float = 3.0) -> AgentSession:
+        """The ``index``-th connection, once it has come (AssertionError after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while len(self.sessions) <= index:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for agent connection {index}")
+            await asyncio.sleep(0.002)
+        return self.sessions[index]
 
     async def start(self) -> None:
         """Listen; ``port`` then holds the real port when 0 (ephemeral) was asked for."""

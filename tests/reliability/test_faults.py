@@ -26,12 +26,12 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from peers.agent import AgentSession, LocalAgent
 from peers.frames import accept_key, client_frame, server_frame, upgrade_request
 from server.app import Server
 from tests.server_support import (
-    AgentSession,
-    FakeAgent,
     caller,
+    fake_agent,
     frame,
     http,
     media,
@@ -121,7 +121,7 @@ class AgentProxy:
 class Innocent:
     """A concurrent call that must lose nothing, whatever happens next door."""
 
-    def __init__(self, server: Server, agent: FakeAgent) -> None:
+    def __init__(self, server: Server, agent: LocalAgent) -> None:
         self.server = server
         self.agent = agent
         self.sent = bytearray()
@@ -184,7 +184,7 @@ async def closed_within(ws: Any, timeout: float) -> float:
 
 # ---------------------------------------------------------------- the cases
 
-Case = Callable[[Server, FakeAgent, AgentProxy], Awaitable[None]]
+Case = Callable[[Server, LocalAgent, AgentProxy], Awaitable[None]]
 
 
 async def _bad_call(server: Server, sid: str) -> Any:
@@ -193,7 +193,7 @@ async def _bad_call(server: Server, sid: str) -> Any:
     return ws
 
 
-async def _agent_session_of_new_call(agent: FakeAgent, count_before: int) -> AgentSession:
+async def _agent_session_of_new_call(agent: LocalAgent, count_before: int) -> AgentSession:
     await until(lambda: len(agent.sessions) > count_before, what="the bad call's agent leg")
     session = agent.sessions[count_before]
     await until(lambda: session.applied_at is not None, what="SettingsApplied on the bad call")
@@ -203,7 +203,7 @@ async def _agent_session_of_new_call(agent: FakeAgent, count_before: int) -> Age
 def agent_case(action: Callable[[AgentSession], Awaitable[None]]) -> Case:
     """The bad call's agent misbehaves mid-call: the caller's leg must close within 1.5 s."""
 
-    async def case(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    async def case(server: Server, agent: LocalAgent, proxy: AgentProxy) -> None:
         before = len(agent.sessions)
         ws = await _bad_call(server, "MZbad")
         session = await _agent_session_of_new_call(agent, before)
@@ -216,7 +216,7 @@ def agent_case(action: Callable[[AgentSession], Awaitable[None]]) -> Case:
 def connect_case(mode: str) -> Case:
     """The agent cannot be reached for the bad call: the caller's leg is closed cleanly."""
 
-    async def case(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    async def case(server: Server, agent: LocalAgent, proxy: AgentProxy) -> None:
         if mode == "refuse":
             proxy.close_listener()
         else:
@@ -230,7 +230,7 @@ def connect_case(mode: str) -> Case:
 def twilio_case(*messages: str | bytes, expect_close: bool = True) -> Case:
     """The bad caller sends junk after start; its agent leg must be gone within 2 s."""
 
-    async def case(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+    async def case(server: Server, agent: LocalAgent, proxy: AgentProxy) -> None:
         before = len(agent.sessions)
         ws = await _bad_call(server, "MZbad")
         session = await _agent_session_of_new_call(agent, before)
@@ -250,7 +250,7 @@ def twilio_case(*messages: str | bytes, expect_close: bool = True) -> Case:
 
 
 async def _raw_call(
-    server: Server, agent: FakeAgent, rcvbuf: int | None = None
+    server: Server, agent: LocalAgent, rcvbuf: int | None = None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, AgentSession]:
     """A caller on a plain socket (hand-made frames, any misbehaviour possible): upgraded,
     started, and its agent leg ready. ``rcvbuf`` shrinks its receive buffer."""
@@ -270,7 +270,7 @@ async def _raw_call(
 PINGS = client_frame(b"p" * 125, 0x9) * 1000  # a thousand masked pings, 131 kB
 
 
-async def _drop(server: Server, agent: FakeAgent, *, reset: bool) -> None:
+async def _drop(server: Server, agent: LocalAgent, *, reset: bool) -> None:
     _, writer, session = await _raw_call(server, agent)
     sock = writer.get_extra_info("socket")
     if reset:
@@ -283,14 +283,14 @@ async def _drop(server: Server, agent: FakeAgent, *, reset: bool) -> None:
 
 
 async def _agent_binary_before_settings_applied(
-    server: Server, agent: FakeAgent, proxy: AgentProxy
+    server: Server, agent: LocalAgent, proxy: AgentProxy
 ) -> None:
     proxy.mode = "binary-first"
     ws = await _bad_call(server, "MZbad")
     assert await closed_within(ws, 3) < 1.5
 
 
-async def _agent_unknown_type(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+async def _agent_unknown_type(server: Server, agent: LocalAgent, proxy: AgentProxy) -> None:
     """Tolerated: the call goes on, and ends normally when the caller hangs up."""
     before = len(agent.sessions)
     ws = await _bad_call(server, "MZbad")
@@ -302,7 +302,7 @@ async def _agent_unknown_type(server: Server, agent: FakeAgent, proxy: AgentProx
     await asyncio.wait_for(session.closed.wait(), 2)
 
 
-async def _agent_stops_reading(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+async def _agent_stops_reading(server: Server, agent: LocalAgent, proxy: AgentProxy) -> None:
     """The write-buffer cap ends the call instead of buffering without bound."""
     before = len(agent.sessions)
     ws = await _bad_call(server, "MZbad")
@@ -321,15 +321,15 @@ async def _agent_stops_reading(server: Server, agent: FakeAgent, proxy: AgentPro
     await asyncio.wait_for(session.closed.wait(), 10)
 
 
-async def _tcp_reset(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+async def _tcp_reset(server: Server, agent: LocalAgent, proxy: AgentProxy) -> None:
     await _drop(server, agent, reset=True)
 
 
-async def _half_open(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+async def _half_open(server: Server, agent: LocalAgent, proxy: AgentProxy) -> None:
     await _drop(server, agent, reset=False)
 
 
-async def _disconnect_without_stop(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+async def _disconnect_without_stop(server: Server, agent: LocalAgent, proxy: AgentProxy) -> None:
     before = len(agent.sessions)
     ws = await _bad_call(server, "MZbad")
     session = await _agent_session_of_new_call(agent, before)
@@ -337,7 +337,7 @@ async def _disconnect_without_stop(server: Server, agent: FakeAgent, proxy: Agen
     await asyncio.wait_for(session.closed.wait(), 2)
 
 
-async def _stop_without_start(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+async def _stop_without_start(server: Server, agent: LocalAgent, proxy: AgentProxy) -> None:
     """A stream that never starts is no call: /metrics counts it apart (no_start)."""
     started = await metric(server, "calls_started_total")
     no_start = await metric(server, 'calls_rejected_total{reason="no_start"}')
@@ -351,7 +351,7 @@ async def _stop_without_start(server: Server, agent: FakeAgent, proxy: AgentProx
     assert await metric(server, 'calls_rejected_total{reason="no_start"}') == no_start + 1
 
 
-async def _media_before_start(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+async def _media_before_start(server: Server, agent: LocalAgent, proxy: AgentProxy) -> None:
     before = len(agent.sessions)
     ws = await caller(server)
     await ws.send(media(frame(1), 2, stream_sid="MZbad"))
@@ -364,7 +364,7 @@ async def _media_before_start(server: Server, agent: FakeAgent, proxy: AgentProx
     await asyncio.wait_for(session.closed.wait(), 2)
 
 
-async def _fragmented_stop(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+async def _fragmented_stop(server: Server, agent: LocalAgent, proxy: AgentProxy) -> None:
     """A valid message split over three frames is reassembled (Twilio never does it)."""
     before = len(agent.sessions)
     ws = await _bad_call(server, "MZbad")
@@ -375,7 +375,7 @@ async def _fragmented_stop(server: Server, agent: FakeAgent, proxy: AgentProxy) 
     await asyncio.wait_for(session.closed.wait(), 2)
 
 
-async def _ping_flood(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+async def _ping_flood(server: Server, agent: LocalAgent, proxy: AgentProxy) -> None:
     before = len(agent.sessions)
     ws = await _bad_call(server, "MZbad")
     session = await _agent_session_of_new_call(agent, before)
@@ -386,7 +386,7 @@ async def _ping_flood(server: Server, agent: FakeAgent, proxy: AgentProxy) -> No
 
 
 async def _ping_flood_never_reading_the_pongs(
-    server: Server, agent: FakeAgent, proxy: AgentProxy
+    server: Server, agent: LocalAgent, proxy: AgentProxy
 ) -> None:
     """Pongs count against the write cap like audio: unread, they end the call."""
     _, writer, session = await _raw_call(server, agent, rcvbuf=4096)
@@ -403,7 +403,7 @@ async def _ping_flood_never_reading_the_pongs(
     writer.transport.abort()
 
 
-async def _upgrade_one_byte_at_a_time(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+async def _upgrade_one_byte_at_a_time(server: Server, agent: LocalAgent, proxy: AgentProxy) -> None:
     before = len(agent.sessions)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     payload = start(stream_sid="MZbad").encode()
@@ -418,7 +418,7 @@ async def _upgrade_one_byte_at_a_time(server: Server, agent: FakeAgent, proxy: A
     await asyncio.wait_for(session.closed.wait(), 2)
 
 
-async def _slowloris(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+async def _slowloris(server: Server, agent: LocalAgent, proxy: AgentProxy) -> None:
     """Cut off at --request-timeout with a 408 that /metrics counts; no call is started."""
     timed_out = await metric(server, 'http_responses_total{code="408"}')
     started = await metric(server, "calls_started_total")
@@ -440,7 +440,7 @@ async def _slowloris(server: Server, agent: FakeAgent, proxy: AgentProxy) -> Non
     assert await metric(server, "calls_started_total") == started
 
 
-async def _stalled_requests(server: Server, agent: FakeAgent, proxy: AgentProxy) -> None:
+async def _stalled_requests(server: Server, agent: LocalAgent, proxy: AgentProxy) -> None:
     """Each stalled request is answered 408 at --request-timeout, counted in /metrics."""
     timed_out = await metric(server, 'http_responses_total{code="408"}')
     started = await metric(server, "calls_started_total")
@@ -554,7 +554,7 @@ def test_fault_is_contained(name: str, caplog: pytest.LogCaptureFixture) -> None
 
     async def body() -> None:
         async with (
-            FakeAgent() as agent,
+            fake_agent() as agent,
             AgentProxy(agent.port) as proxy,
             running_server("--agent-url", proxy.url, *FAST) as server,
         ):
@@ -644,7 +644,7 @@ def test_agent_leg_closes_with_a_handshake_within_ms_of_the_caller_leaving(how: 
 
     async def body() -> None:
         async with (
-            FakeAgent() as agent,
+            fake_agent() as agent,
             running_server("--close-timeout", "5", agent=agent) as server,
         ):
             for _ in range(3):  # a few calls: the bound holds each time, not just once
@@ -721,7 +721,7 @@ async def flood_next_to_an_innocent_call(seconds: float = 4.0) -> tuple[float, f
     """Flood one call while an innocent one sends a frame every 20 ms and /healthz is asked
     every 100 ms; return the worst lateness of an innocent frame at its agent (against the
     20 ms schedule), the worst /healthz time, and the bytes the flooder got through."""
-    async with FakeAgent() as agent, running_server(agent=agent) as server:
+    async with fake_agent() as agent, running_server(agent=agent) as server:
         innocent = Innocent(server, agent)
         await innocent.open()
         [innocent_call] = server.calls

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from websockets.exceptions import ConnectionClosed
 
+from peers.agent import AgentSession, LocalAgent
 from server.app import Server
 from tests.server_support import (
-    AgentSession,
-    FakeAgent,
     caller,
+    fake_agent,
     frame,
     http,
     media,
@@ -55,7 +55,7 @@ class Sessions:
     over, so the test itself holds no memory per call (the soak measures the server's).
     """
 
-    def __init__(self, agent: FakeAgent) -> None:
+    def __init__(self, agent: LocalAgent) -> None:
         self.agent = agent
         self.by_sid: dict[str, AgentSession] = {}
         self.unread: list[AgentSession] = []
@@ -132,7 +132,7 @@ def test_soak_sequential_and_concurrent_with_random_faults() -> None:
     rng = random.Random(1234)
 
     async def soak() -> None:
-        async with FakeAgent() as agent, running_server(agent=agent) as server:
+        async with fake_agent() as agent, running_server(agent=agent) as server:
             sessions = Sessions(agent)
             # Warm up (imports, caches, first allocations) before taking the baseline.
             for i in range(5):

@@ -23,9 +23,9 @@ from tests.server_support import (
     API_KEY,
     SETTINGS,
     STREAM_SID,
-    FakeAgent,
     caller,
     connected,
+    fake_agent,
     frame,
     mark,
     media,
@@ -54,7 +54,7 @@ async def _closed_within(ws: Any, timeout: float) -> float:
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_full_call(loop: str) -> None:
     async def body() -> None:
-        async with FakeAgent(apply_delay=0.15) as agent, running_server(agent=agent) as server:
+        async with fake_agent(apply_delay=0.15) as agent, running_server(agent=agent) as server:
             ws = await caller(server)
             await ws.send(connected())
             await ws.send(start({"From": "+15550001", "To": "+15550002"}))
@@ -72,7 +72,7 @@ def test_full_call(loop: str) -> None:
             assert session.texts[0] == fill_placeholders(SETTINGS, {"From": "+15550001"})
             # every inbound byte, in order, none before SettingsApplied
             assert bytes(session.audio) == bytes(sent)
-            assert session.audio_before_applied == 0
+            assert session.audio_before_settings_applied == 0
 
             # agent audio reaches the caller in order as exact media messages
             replies = [bytes([n]) * 480 for n in range(1, 6)]
@@ -145,7 +145,7 @@ def test_no_audio_reaches_the_agent_before_settings_applied(
 
     async def body() -> None:
         async with (
-            FakeAgent(apply_delay=apply_delay) as agent,
+            fake_agent(apply_delay=apply_delay) as agent,
             running_server(agent=agent) as server,
         ):
             ws = await caller(server)
@@ -160,7 +160,7 @@ def test_no_audio_reaches_the_agent_before_settings_applied(
             session = await agent.session()
             await until(lambda: len(session.audio) >= len(sent), what="all caller audio")
             assert session.applied_at is not None
-            assert session.audio_before_applied == 0, "audio reached the agent too early"
+            assert session.audio_before_settings_applied == 0, "audio reached the agent too early"
             assert bytes(session.audio) == bytes(sent)
             await ws.send(stop())
             await _closed_within(ws, 2)
@@ -172,7 +172,7 @@ def test_added_latency_p99_is_small() -> None:
     """Measured from outside: caller send -> agent receive, per 20 ms frame, in real time."""
 
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(agent=agent) as server:
+        async with fake_agent() as agent, running_server(agent=agent) as server:
             ws, session = await ready_call(server, agent)
             arrivals: list[float] = []
             original = session.audio
@@ -206,7 +206,7 @@ def test_transcript_and_call_lines_are_logged(caplog: pytest.LogCaptureFixture) 
 
     async def body() -> None:
         flags = ("--log-transcripts",)  # transcripts are logged only on request (issue 13)
-        async with FakeAgent() as agent, running_server(*flags, agent=agent) as server:
+        async with fake_agent() as agent, running_server(*flags, agent=agent) as server:
             ws, session = await ready_call(server, agent)
             await session.send({"type": "ConversationText", "role": "assistant", "content": "Hi!"})
             await asyncio.sleep(0.05)
@@ -226,7 +226,7 @@ def test_transcript_and_call_lines_are_logged(caplog: pytest.LogCaptureFixture) 
 @pytest.mark.parametrize("how", ["close", "error"])
 def test_agent_ending_closes_caller(how: str) -> None:
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(agent=agent) as server:
+        async with fake_agent() as agent, running_server(agent=agent) as server:
             ws, session = await ready_call(server, agent)
             if how == "close":
                 await session.ws.close(1011, "boom")
@@ -263,7 +263,7 @@ def test_agent_unreachable_ends_call_cleanly() -> None:
 def test_agent_that_never_applies_settings_times_out() -> None:
     async def body() -> None:
         async with (
-            FakeAgent(apply=False) as agent,
+            fake_agent(apply=False) as agent,
             running_server("--settings-timeout", "0.3", agent=agent) as server,
         ):
             ws = await caller(server)
@@ -278,7 +278,7 @@ def test_agent_that_never_applies_settings_times_out() -> None:
 
 def test_caller_vanishing_closes_agent() -> None:
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(agent=agent) as server:
+        async with fake_agent() as agent, running_server(agent=agent) as server:
             ws, session = await ready_call(server, agent)
             ws.transport.abort()  # no close frame, no stop
             await asyncio.wait_for(session.closed.wait(), 1.0)
@@ -294,7 +294,7 @@ def test_bad_input_leaves_concurrent_call_untouched(loop: str) -> None:
     there, while a concurrent call keeps bridging audio both ways."""
 
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(agent=agent) as server:
+        async with fake_agent() as agent, running_server(agent=agent) as server:
             good = await caller(server)
             await good.send(start())
             good_session = await agent.session(0)
@@ -371,7 +371,7 @@ def _masked_text_frame(text: str) -> bytes:
 
 def test_bytes_behind_the_upgrade_request_are_not_lost() -> None:
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(agent=agent) as server:
+        async with fake_agent() as agent, running_server(agent=agent) as server:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             request = upgrade_request("/media-stream")
             # the upgrade request and two frames in one TCP write
@@ -393,7 +393,7 @@ def test_ping_is_answered_with_its_payload() -> None:
     """A ping gets a pong with the same payload (RFC 6455 5.5.3), at once, on the raw wire."""
 
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(agent=agent) as server:
+        async with fake_agent() as agent, running_server(agent=agent) as server:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writer.write(upgrade_request("/media-stream") + client_frame(b"hello", 0x9))
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
@@ -408,7 +408,7 @@ def test_ping_is_answered_with_its_payload() -> None:
 
 def test_fragmented_message_is_reassembled() -> None:
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(agent=agent) as server:
+        async with fake_agent() as agent, running_server(agent=agent) as server:
             ws = await caller(server)
             text = start()
             await ws.send([text[:10], text[10:50], text[50:]])  # three fragments
@@ -433,7 +433,7 @@ def _raises(args: Any) -> str:
 def test_client_side_tools() -> None:
     async def body() -> None:
         tools = ToolRegistry({"lookup": _lookup, "broken": _raises})
-        async with FakeAgent() as agent, running_server(agent=agent, tools=tools) as server:
+        async with fake_agent() as agent, running_server(agent=agent, tools=tools) as server:
             ws, session = await ready_call(server, agent)
             await session.send(
                 {
@@ -468,7 +468,7 @@ def test_end_call_tool_hangs_up_once_the_goodbye_has_played() -> None:
     the caller echoes its mark (played), not at the request and not at the grace deadline."""
 
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(agent=agent) as server:
+        async with fake_agent() as agent, running_server(agent=agent) as server:
             ws, session = await ready_call(server, agent)
             goodbye = b"\x11" * 1600  # 200 ms: one reply, no progress marks
             await session.send(goodbye)
@@ -501,7 +501,7 @@ def test_end_call_tool_hangs_up_once_the_goodbye_has_played() -> None:
 
 def test_many_sequential_calls_leave_nothing_behind() -> None:
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(agent=agent) as server:
+        async with fake_agent() as agent, running_server(agent=agent) as server:
             for n in range(20):
                 ws = await caller(server)
                 await ws.send(start())
@@ -520,7 +520,7 @@ def test_many_sequential_calls_leave_nothing_behind() -> None:
 
 def test_shutdown_ends_calls_with_reason() -> None:
     async def body() -> None:
-        async with FakeAgent() as agent:
+        async with fake_agent() as agent:
             async with running_server(agent=agent, grace=0.2) as server:
                 ws, session = await ready_call(server, agent)
             # leaving the block ran shutdown(grace=0.2): both legs closed with a reason
@@ -580,7 +580,7 @@ def test_caller_not_reading_ends_its_call_within_the_write_cap(
 
     async def body() -> None:
         async with (
-            FakeAgent() as agent,
+            fake_agent() as agent,
             running_server("--max-write-buffer", str(CAP), agent=agent) as server,
             PeakBuffers(server) as peak,
         ):
@@ -610,7 +610,7 @@ def test_agent_not_reading_ends_its_call_within_the_write_cap(
 
     async def body() -> None:
         async with (
-            FakeAgent() as agent,
+            fake_agent() as agent,
             running_server(
                 "--max-write-buffer", str(CAP), "--chunk-ms", "1000", agent=agent
             ) as server,

@@ -19,9 +19,9 @@ from server.tools import ToolLoadError, ToolRegistry
 from tests.server_support import (
     CONFIG,
     ROOT,
-    FakeAgent,
     caller,
     connected,
+    fake_agent,
     frame,
     media,
     run,
@@ -132,7 +132,7 @@ def test_serves_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     port = _free_port()
 
     async def body() -> None:
-        async with FakeAgent() as agent:
+        async with fake_agent() as agent:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
                 "--config", str(CONFIG), "--agent-url", agent.url, "--shutdown-grace", "0.5",

@@ -9,8 +9,8 @@ import xml.etree.ElementTree as ET
 from urllib.parse import urlencode
 
 from tests.server_support import (
-    FakeAgent,
     caller,
+    fake_agent,
     get,
     http,
     post_form,
@@ -217,7 +217,7 @@ def test_upgrade_errors() -> None:
 
 def test_max_calls_busy_twiml_and_503() -> None:
     async def body() -> None:
-        async with FakeAgent() as agent, running_server("--max-calls", "1", agent=agent) as server:
+        async with fake_agent() as agent, running_server("--max-calls", "1", agent=agent) as server:
             ws = await caller(server)
             await ws.send(start())
             await until(lambda: len(server.calls) == 1)

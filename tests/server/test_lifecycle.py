@@ -28,7 +28,7 @@ from server.tools import ToolRegistry
 from tests.server_support import (
     CONFIG,
     ROOT,
-    FakeAgent,
+    fake_agent,
     frame,
     media,
     post_form,
@@ -61,7 +61,7 @@ def _stream_sid(i: int) -> str:
 
 def test_a_call_in_progress_finishes_during_the_grace_while_new_ones_are_refused() -> None:
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(agent=agent) as server:
+        async with fake_agent() as agent, running_server(agent=agent) as server:
             port = server.port
             ws, session = await ready_call(server, agent)
             # A webhook whose body is still arriving when the shutdown starts.
@@ -116,7 +116,7 @@ def test_a_call_still_running_when_the_grace_runs_out_is_ended_with_shutdown() -
     grace = 0.6
 
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(agent=agent) as server:
+        async with fake_agent() as agent, running_server(agent=agent) as server:
             ws, session = await ready_call(server, agent)
             t0 = time.monotonic()
             shutdown = asyncio.create_task(server.shutdown(grace=grace))
@@ -160,7 +160,7 @@ def test_two_workers_serve_calls_and_sigterm_to_the_parent_drains_both() -> None
     port, calls, grace = _free_port(), 16, 3.0
 
     async def body() -> None:
-        async with FakeAgent() as agent:
+        async with fake_agent() as agent:
             env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO", "DEEPGRAM"))}
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
@@ -246,7 +246,7 @@ def test_a_tool_that_times_out_is_answered_with_an_error_and_the_call_goes_on() 
 
     async def body() -> None:
         tools = ToolRegistry({"slow": slow, "fast": fast}, timeout=0.3)
-        async with FakeAgent() as agent, running_server(agent=agent, tools=tools) as server:
+        async with fake_agent() as agent, running_server(agent=agent, tools=tools) as server:
             ws, session = await ready_call(server, agent)
             await session.send(
                 {"type": "FunctionCallRequest", "functions": [

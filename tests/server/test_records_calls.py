@@ -18,6 +18,7 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
+from peers.agent import LocalAgent
 from server.records import cli as records_cli
 from server.tools import ToolRegistry
 from tests.helpers import twilio_dtmf
@@ -26,9 +27,9 @@ from tests.server_support import (
     CALL_SID,
     CONFIG,
     ROOT,
-    FakeAgent,
     caller,
     connected,
+    fake_agent,
     get,
     http,
     mark,
@@ -53,7 +54,7 @@ async def _lookup(arguments: Any) -> dict[str, Any]:
     return {"open": "9am"}
 
 
-async def _scripted_call(server: Any, agent: FakeAgent) -> None:
+async def _scripted_call(server: Any, agent: LocalAgent) -> None:
     """A call with two replies (the first cut by a barge-in), a keypress and a tool call."""
     ws = await caller(server)
     await ws.send(connected())
@@ -98,7 +99,7 @@ def test_a_real_call_is_recorded_whole_with_what_the_caller_heard(spec: str) -> 
         tools = ToolRegistry({"lookup": _lookup})
         env = {"BRIDGE_CONTROL_TOKEN": TOKEN}
         async with (
-            FakeAgent() as agent,
+            fake_agent() as agent,
             running_server("--records", spec, agent=agent, tools=tools, env=env) as server,
         ):
             await _scripted_call(server, agent)
@@ -196,7 +197,7 @@ def _logged_call(tmp_path: Path, *flags: str) -> str:
     """Everything the server process wrote at DEBUG during one call with private content."""
 
     async def body() -> str:
-        async with FakeAgent() as agent:
+        async with fake_agent() as agent:
             process, port = await _server_process(
                 "--agent-url", agent.url, *flags, records=tmp_path / "calls.db"
             )

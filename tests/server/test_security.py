@@ -19,8 +19,8 @@ from server.options import StartupError
 from tests.server_support import (
     API_KEY,
     CALL_SID,
-    FakeAgent,
     caller,
+    fake_agent,
     get,
     http,
     options,
@@ -121,7 +121,7 @@ def test_webhook_signature_without_public_url_uses_host_and_forwarded_proto() ->
 
 def test_upgrade_refused_without_valid_signature_and_no_agent_opened() -> None:
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(agent=agent, env=ENV) as server:
+        async with fake_agent() as agent, running_server(agent=agent, env=ENV) as server:
             for headers in (
                 {},
                 {"X-Twilio-Signature": "bm9wZQ=="},
@@ -141,7 +141,7 @@ def test_upgrade_refused_without_valid_signature_and_no_agent_opened() -> None:
 
 def test_upgrade_accepted_with_correct_signature() -> None:
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(agent=agent, env=ENV) as server:
+        async with fake_agent() as agent, running_server(agent=agent, env=ENV) as server:
             sig = ORACLE.compute_signature("wss://bridge.example.com/media-stream", {})
             ws, session = await ready_call(server, agent, headers={"X-Twilio-Signature": sig})
             await ws.send(stop())
@@ -158,7 +158,7 @@ def test_call_token_binds_the_stream_to_the_webhook_that_issued_it() -> None:
 
     async def body() -> None:
         async with (
-            FakeAgent() as agent,
+            fake_agent() as agent,
             running_server("--require-call-token", agent=agent, env=ENV) as server,
         ):
             sig = ORACLE.compute_signature(PUBLIC + "/incoming-call", form)
@@ -204,7 +204,7 @@ def test_simulator_follows_the_webhook_like_twilio_and_passes_the_call_token() -
 
     async def body() -> None:
         async with (
-            FakeAgent() as agent,
+            fake_agent() as agent,
             running_server("--require-call-token", agent=agent, env=ENV) as server,
         ):
             proc = await asyncio.create_subprocess_exec(
@@ -247,7 +247,7 @@ def test_secrets_never_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
 
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(agent=agent, env=ENV) as server:
+        async with fake_agent() as agent, running_server(agent=agent, env=ENV) as server:
             sig = ORACLE.compute_signature("wss://bridge.example.com/media-stream", {})
             ws, session = await ready_call(server, agent, headers={"X-Twilio-Signature": sig})
             await ws.send(stop())

@@ -19,8 +19,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.server_support import (
-    FakeAgent,
     caller,
+    fake_agent,
     http,
     post_form,
     run,
@@ -53,7 +53,7 @@ STREAM = "wss://bridge.example.com/media-stream"
 )
 def test_upgrade_signature_variants(signed_url: str | None, header: str, accepted: bool) -> None:
     async def body() -> None:
-        async with FakeAgent() as agent, running_server(agent=agent, env=ENV) as server:
+        async with fake_agent() as agent, running_server(agent=agent, env=ENV) as server:
             headers = {header: ORACLE.compute_signature(signed_url, {})} if signed_url else {}
             if accepted:
                 ws = await caller(server, headers)
@@ -110,7 +110,7 @@ def test_webhook_signature_variants(
 
 def test_max_calls_holds_under_a_burst() -> None:
     async def body() -> None:
-        async with FakeAgent() as agent, running_server("--max-calls", "3", agent=agent) as server:
+        async with fake_agent() as agent, running_server("--max-calls", "3", agent=agent) as server:
 
             async def try_call() -> object:
                 try:
@@ -151,7 +151,7 @@ def test_tls_mode_serves_wss(tmp_path: Path) -> None:
 
     async def body() -> None:
         flags = ("--certfile", str(cert), "--keyfile", str(key), "--request-timeout", "1")
-        async with FakeAgent() as agent, running_server(*flags, agent=agent) as server:
+        async with fake_agent() as agent, running_server(*flags, agent=agent) as server:
             # A client that never finishes the TLS handshake is cut off at --request-timeout.
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writer.write(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
