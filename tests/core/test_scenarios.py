@@ -42,6 +42,15 @@ from sansio import (
     fill_placeholders,
 )
 from sansio._bridge import MAX_HELD_DTMF, MAX_PENDING_MARKS
+from tests.core.playbook import (
+    AgentAudio,
+    AgentConnected,
+    AgentText,
+    Playbook,
+    TwilioClosed,
+    TwilioText,
+    ended_with,
+)
 from tests.helpers import (
     CALL_SID,
     SETTINGS,
@@ -303,18 +312,18 @@ def test_agent_messages_become_notices() -> None:
 def test_agent_error_ends_the_call_and_closes_both_legs() -> None:
     call = Call()
     call.ready()
-    out = call.agent(agent("Error", description="Failed to think", code="THINK_FAILED"))
-    end = ended(out)
-    assert end.reason is EndReason.AGENT_ERROR
-    assert end.detail == "agent error THINK_FAILED: Failed to think"
-    assert out[-2:] == [
-        CloseTwilio(1000, "agent_error: agent error THINK_FAILED: Failed to think"),
-        CloseAgent(1000, "agent_error: agent error THINK_FAILED: Failed to think"),
-    ]
-    # Anything after the end is ignored; peers may still deliver in-flight messages.
-    assert call.agent(agent("UserStartedSpeaking")) == []
-    assert call.agent_audio(b"\x01") == []
-    assert call.twilio(twilio_media(b"\x01" * 160)) == []
+    detail = "agent error THINK_FAILED: Failed to think"
+    assert (
+        Playbook(call)
+        << AgentText(agent("Error", description="Failed to think", code="THINK_FAILED"))
+        >> ended_with(EndReason.AGENT_ERROR, detail)
+        >> CloseTwilio(1000, f"agent_error: {detail}")
+        >> CloseAgent(1000, f"agent_error: {detail}")
+        # Anything after the end is ignored; peers may still deliver in-flight messages.
+        << AgentText(agent("UserStartedSpeaking"))
+        << AgentAudio(b"\x01")
+        << TwilioText(twilio_media(b"\x01" * 160))
+    )
 
 
 @pytest.mark.parametrize(
@@ -337,11 +346,17 @@ def test_agent_garbage_is_a_protocol_error(text: str, detail: str) -> None:
 def test_agent_audio_before_settings_applied_is_a_protocol_error() -> None:
     call = Call()
     call.start()
-    call.core.agent_connected(call.now)
-    out = call.agent(agent("AgentAudioDone"))
-    assert out == [PeerIgnored("agent", "AgentAudioDone before SettingsApplied")]
-    out = call.agent_audio(b"\x01\x02")
-    assert ended(out).detail == "the agent sent audio before SettingsApplied"
+    detail = "the agent sent audio before SettingsApplied"
+    assert (
+        Playbook(call)
+        << AgentConnected()
+        << AgentText(agent("AgentAudioDone"))
+        >> PeerIgnored("agent", "AgentAudioDone before SettingsApplied")
+        << AgentAudio(b"\x01\x02")
+        >> ended_with(EndReason.PROTOCOL_ERROR, detail)
+        >> CloseTwilio(1000, f"protocol_error: {detail}")
+        >> CloseAgent(1008, f"protocol_error: {detail}")
+    )
 
 
 def test_agent_closing_mid_call_ends_it_as_an_agent_error() -> None:
@@ -374,14 +389,15 @@ def test_an_unreachable_agent_ends_the_call_cleanly() -> None:
 def test_stop_flushes_the_partial_chunk_then_closes_the_agent() -> None:
     call = Call(config(chunk_ms=100))
     call.ready()
-    call.twilio(twilio_media(b"\x05" * 160))
-    out = call.twilio(twilio_stop())
-    assert out[0] == SendAgentAudio(b"\x05" * 160, call.now)
-    assert ended(out).reason is EndReason.HANGUP
-    assert out[-2:] == [
-        CloseTwilio(1000, "hangup: the caller hung up (stop)"),
-        CloseAgent(1000, "hangup: the caller hung up (stop)"),
-    ]
+    assert (
+        Playbook(call)
+        << TwilioText(twilio_media(b"\x05" * 160))
+        << TwilioText(twilio_stop())
+        >> SendAgentAudio(b"\x05" * 160, call.now)
+        >> ended_with(EndReason.HANGUP)
+        >> CloseTwilio(1000, "hangup: the caller hung up (stop)")
+        >> CloseAgent(1000, "hangup: the caller hung up (stop)")
+    )
 
 
 def test_twilio_closing_without_stop_is_a_hangup() -> None:
@@ -400,12 +416,15 @@ def test_twilio_closing_without_stop_is_a_hangup() -> None:
 
 def test_stop_before_start_never_opens_the_agent() -> None:
     call = Call()
-    call.twilio(twilio_connected())
-    out = call.twilio(twilio_stop())
-    assert ended(out).reason is EndReason.HANGUP
-    assert out[-1] == CloseTwilio(1000, "hangup: the caller hung up (stop)")
+    assert (
+        Playbook(call)
+        << TwilioText(twilio_connected())
+        << TwilioText(twilio_stop())
+        >> ended_with(EndReason.HANGUP)
+        >> CloseTwilio(1000, "hangup: the caller hung up (stop)")
+    )
     assert not of(OpenAgent, call.log) and call.core.agent_state is AgentState.CLOSED
-    call.core.twilio_closed(1000, call.now)
+    assert Playbook(call) << TwilioClosed(1000)
     assert call.core.finished
 
 
