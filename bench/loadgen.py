@@ -53,8 +53,9 @@ class Stats:
         self.tick_lateness_ms.clear()
 
 
-class Caller(asyncio.Protocol):
-    """One simulated Twilio media stream."""
+class LeanCaller(asyncio.Protocol):
+    """One simulated Twilio media stream, pre-serialised (``peers.caller.TwilioCaller`` is the
+    full caller; on websockets it costs more CPU per call than the bridge it would load)."""
 
     def __init__(self, bench: Load, index: int, path: str) -> None:
         self.bench = bench
@@ -189,8 +190,9 @@ class Caller(asyncio.Protocol):
             self.transport.write(client_frame(json.dumps(stop).encode()))
 
 
-class AgentSession(asyncio.Protocol):
-    """One agent connection from the bridge: Welcome, SettingsApplied, then speech."""
+class LeanAgent(asyncio.Protocol):
+    """One agent connection from the bridge: Welcome, SettingsApplied, then tagged speech
+    (``peers.agent.LocalAgent`` is the full agent; this is its cheapest subset, for load)."""
 
     def __init__(self, bench: Load) -> None:
         self.bench = bench
@@ -276,8 +278,8 @@ class Load:
         self.bridge_port = bridge_port
         self.barge_in_every = barge_in_every
         self.stats = Stats()
-        self.callers: list[Caller] = []
-        self.agent_sessions: set[AgentSession] = set()
+        self.callers: list[LeanCaller] = []
+        self.agent_sessions: set[LeanAgent] = set()
         self.errors: list[str] = []
         self.server: asyncio.Server | None = None
         self._next_frame_id = 0
@@ -287,7 +289,7 @@ class Load:
         self._running = False
 
     async def start_agent(self) -> int:
-        self.server = await self.loop.create_server(lambda: AgentSession(self), "127.0.0.1", 0)
+        self.server = await self.loop.create_server(lambda: LeanAgent(self), "127.0.0.1", 0)
         port: int = self.server.sockets[0].getsockname()[1]
         return port
 
@@ -295,7 +297,7 @@ class Load:
         for _ in range(count):
             index = len(self.callers)
             _, caller = await self.loop.create_connection(
-                lambda i=index: Caller(self, i, "/media-stream"), "127.0.0.1", self.bridge_port
+                lambda i=index: LeanCaller(self, i, "/media-stream"), "127.0.0.1", self.bridge_port
             )
             self.callers.append(caller)
             await asyncio.sleep(over / max(1, count))
