@@ -19,23 +19,28 @@ ZERO_MASK = b"\x00\x00\x00\x00"
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
 
-def _head(opcode: int, size: int, masked: int) -> bytes:
-    if size < 126:
-        return struct.pack("!BB", 0x80 | opcode, masked | size)
-    if size < 65536:
-        return struct.pack("!BBH", 0x80 | opcode, masked | 126, size)
-    return struct.pack("!BBQ", 0x80 | opcode, masked | 127, size)
-
-
 def client_frame(payload: bytes, opcode: int = TEXT, mask: bytes = ZERO_MASK) -> bytes:
     """A masked, unfragmented frame, as a client must send (``mask``: the 4-byte key)."""
-    body = payload if mask == ZERO_MASK else apply_mask(payload, mask)
-    return _head(opcode, len(payload), 0x80) + mask + body
+    size = len(payload)
+    if size < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
+    elif size < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
+    if mask is ZERO_MASK:  # the load generator's hot path: no copy
+        return head + mask + payload
+    return head + mask + apply_mask(payload, mask)
 
 
 def server_frame(payload: bytes, opcode: int = TEXT) -> bytes:
     """An unmasked, unfragmented frame, as a server sends."""
-    return _head(opcode, len(payload), 0) + payload
+    size = len(payload)
+    if size < 126:
+        return struct.pack("!BB", 0x80 | opcode, size) + payload
+    if size < 65536:
+        return struct.pack("!BBH", 0x80 | opcode, 126, size) + payload
+    return struct.pack("!BBQ", 0x80 | opcode, 127, size) + payload
 
 
 def accept_key(key: bytes) -> bytes:
