@@ -281,9 +281,9 @@ def layout(server_cores: int) -> tuple[set[int] | None, set[int] | None]:
 
 async def check_with_peers(chunk_ms: int) -> dict[str, Any]:
     """One real call through the server under test with the project's own peers."""
-    from server.peers.agent import LocalAgent
-    from server.peers.audio import load_clip
-    from server.peers.caller import TwilioCaller
+    from peers.agent import LocalAgent
+    from peers.audio import load_clip
+    from peers.caller import TwilioCaller
 
     async with LocalAgent(hangup_after_utterances=1) as agent:
         server = ServerProcess(agent.port, chunk_ms, layout(1)[0])

@@ -123,14 +123,12 @@ class Server:
         return [s for srv in self._servers for s in getattr(srv, "sockets", ())]
 
     async def _start_local_agent(self) -> None:
-        from server.peers.agent import LocalAgent  # only --agent-url local needs it
+        from server.local import start_local_agent  # loads the peers: only --agent-url local
 
-        agent = LocalAgent(host="127.0.0.1", port=0)
-        await agent.start()
-        self._stop_local_agent = agent.stop
-        self.agent_url = agent.url
-        self._call_context = dataclasses.replace(self._call_context, agent_url=agent.url)
-        log.info("local agent listening at %s (no Deepgram key needed)", agent.url)
+        url, self._stop_local_agent = await start_local_agent()
+        self.agent_url = url
+        self._call_context = dataclasses.replace(self._call_context, agent_url=url)
+        log.info("local agent listening at %s (no Deepgram key needed)", url)
 
     def at_capacity(self) -> bool:
         limit = self.options.max_calls

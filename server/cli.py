@@ -1,7 +1,7 @@
 """Command line: ``python -m server`` and the ``twilio-agent-bridge`` script.
 
-``python -m server demo ...`` is handed to :mod:`server.demo`, ``python -m server calls ...``
-to :mod:`server.records.cli`. Configuration mistakes print
+``python -m server demo ...`` is handed to :mod:`peers.demo` through :mod:`server.local`,
+``python -m server calls ...`` to :mod:`server.records.cli`. Configuration mistakes print
 one line (no traceback) and exit with status 2; a port that is already taken exits with
 status 1; a clean shutdown on SIGTERM/SIGINT exits with 0. With ``--workers N`` this module
 owns the N-1 worker processes (spawned, each serving the shared port).
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from server import __version__
-from server.app import run_loop, serve
+from server.app import Server, run_loop, serve
 from server.metrics import setup_multiprocess_metrics
 from server.options import DEFAULT_AGENT_URL, ServerOptions, StartupError, make_options
 from server.tools import ToolLoadError, ToolRegistry
@@ -238,9 +238,14 @@ def _load_env_file(path: str) -> None:
 
 
 def _run_demo(argv: list[str]) -> int:
-    from server.demo import main as demo_main  # the demo pulls in the peers: only load it here
+    from server.local import RunningBridge, run_demo  # loads the peers: only here
 
-    return int(demo_main(argv) or 0)
+    async def start_server(options: ServerOptions) -> RunningBridge:
+        server = Server(options)
+        await server.start()
+        return RunningBridge(f"ws://127.0.0.1:{server.port}/media-stream", server.shutdown)
+
+    return run_demo(argv, start_server)
 
 
 def _prepare(args: argparse.Namespace, worker: int = 0) -> tuple[ServerOptions, ToolRegistry]:
