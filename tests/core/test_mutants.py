@@ -28,7 +28,6 @@ from sansio import (
     RunTool,
     Transcript,
 )
-
 from tests.helpers import (
     ACCOUNT_SID,
     CALL_SID,

@@ -28,7 +28,6 @@ from sansio import (
     SendTwilioText,
     TwilioState,
 )
-
 from tests.helpers import (
     STREAM_SID,
     Call,

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from sansio import CallEnded, EndReason
-
 from tests.helpers import Call, agent, config, function_call, twilio_mark, twilio_media, twilio_stop
 
 SANSIO = Path(__file__).resolve().parents[2] / "sansio"

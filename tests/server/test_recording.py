@@ -12,9 +12,9 @@ import time
 import wave
 from pathlib import Path
 
+from server.peers.audio import DECODE_TABLE
 from websockets.asyncio.client import connect
 
-from server.peers.audio import DECODE_TABLE
 from server.recording import MULAW, RATE, SILENCE, WavTrack, recording_path
 from server.records import RecordStore
 from server.records import cli as records_cli
