@@ -26,7 +26,7 @@ from server.metrics import MULTIPROCESS_ENV, Metrics
 from tests.server_support import (
     CONFIG,
     ROOT,
-    FakeAgent,
+    fake_agent,
     frame,
     http,
     media,
@@ -69,7 +69,7 @@ def test_metrics_add_up_across_two_workers(tmp_path: Path) -> None:
     port, scrapes = _free_port(), 12
 
     async def body() -> None:
-        async with FakeAgent() as agent:
+        async with fake_agent() as agent:
             env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO", "DEEPGRAM"))}
             env.pop(MULTIPROCESS_ENV, None)
             proc = await asyncio.create_subprocess_exec(

@@ -12,20 +12,21 @@ import time
 import wave
 from pathlib import Path
 
-from server.peers.audio import DECODE_TABLE
 from websockets.asyncio.client import connect
 
+from peers.audio import DECODE_TABLE
 from server.recording import MULAW, RATE, SILENCE, WavTrack, recording_path
 from server.records import RecordStore
 from server.records import cli as records_cli
 from server.records.store import Database
+from tests.server.test_records import _full_record, _write_call
 from tests.server_support import (
     CALL_SID,
     CONFIG,
     ROOT,
-    FakeAgent,
     caller,
     connected,
+    fake_agent,
     media,
     recv_until,
     run,
@@ -34,7 +35,6 @@ from tests.server_support import (
     stop,
     until,
 )
-from tests.test_records import _full_record, _write_call
 
 VOICE = 0x10  # a loud mu-law code: never mistaken for silence
 
@@ -96,7 +96,7 @@ def test_a_call_with_a_barge_in_is_recorded_as_the_caller_heard_it(tmp_path: Pat
 
     async def body() -> None:
         async with (
-            FakeAgent() as agent,
+            fake_agent() as agent,
             running_server(
                 "--records", records, "--record-audio", str(tmp_path), agent=agent
             ) as server,
@@ -145,7 +145,7 @@ def test_a_call_with_a_barge_in_is_recorded_as_the_caller_heard_it(tmp_path: Pat
 
 def test_a_recording_cut_by_a_crash_is_still_a_valid_wav(tmp_path: Path) -> None:
     async def body() -> None:
-        async with FakeAgent() as agent:
+        async with fake_agent() as agent:
             env = {k: v for k, v in os.environ.items() if not k.startswith(("DEEPGRAM", "TWILIO"))}
             env.update(DEEPGRAM_API_KEY="test-key-0123456789", PYTHONPATH=str(ROOT))
             process = await asyncio.create_subprocess_exec(
@@ -205,7 +205,7 @@ def test_the_recording_notice_is_the_first_thing_the_agent_says() -> None:
     notice = "This call is recorded for quality and safety."
 
     async def greeting(*flags: str) -> str:
-        async with FakeAgent() as agent, running_server(*flags, agent=agent) as server:
+        async with fake_agent() as agent, running_server(*flags, agent=agent) as server:
             ws = await caller(server)
             await ws.send(start())
             session = await agent.session()

@@ -1,6 +1,7 @@
 """The signed end-of-call webhook, received by examples/webhook_receiver.py on loopback.
 
-Every case that touches the store runs on SQLite and on PostgreSQL (see tests/test_records.py).
+Every case that touches the store runs on SQLite and on PostgreSQL (see
+tests/server/test_records.py).
 The receiver is the documented example, wrapped so a test can script failures (a 500, a
 timeout) and count the attempts and the verified arrivals before the example's own dedupe.
 """
@@ -25,26 +26,27 @@ import pytest
 from websockets.asyncio.client import connect
 
 from examples import webhook_receiver
+from peers.agent import LocalAgent
 from server.cli import main as cli_main
 from server.metrics import Metrics
 from server.records import RecordStore
 from server.records import cli as records_cli
 from server.records.store import Database
 from server.records.webhook import Deliverer, WebhookConfig, sign, verify
+from tests.server.test_records import _full_record, _write_call
+from tests.server.test_records import spec as spec
 from tests.server_support import (
     CALL_SID,
     CONFIG,
     ROOT,
-    FakeAgent,
     connected,
+    fake_agent,
     run,
     running_server,
     start,
     stop,
     until,
 )
-from tests.test_records import _full_record, _write_call
-from tests.test_records import spec as spec
 
 SECRET = "webhook-secret-0123456789"
 
@@ -114,7 +116,7 @@ def _flags(receiver: Receiver, spec: str, *extra: str) -> tuple[str, ...]:
     return ("--records", spec, "--webhook-url", receiver.url, *extra)
 
 
-async def _short_call(port: int, agent: FakeAgent) -> None:
+async def _short_call(port: int, agent: LocalAgent) -> None:
     ws = await connect(f"ws://127.0.0.1:{port}/media-stream", compression=None, open_timeout=5)
     await ws.send(connected())
     await ws.send(start({"From": "+15550100", "To": "+15550199"}))
@@ -174,7 +176,7 @@ def test_a_calls_record_arrives_once_signed_when_it_ends(spec: str) -> None:
     async def body(receiver: Receiver) -> Metrics:
         env = {"BRIDGE_WEBHOOK_SECRET": SECRET}
         async with (
-            FakeAgent() as agent,
+            fake_agent() as agent,
             running_server(*_flags(receiver, spec), agent=agent, env=env) as server,
         ):
             await _short_call(server.port, agent)
@@ -201,7 +203,7 @@ def test_a_receiver_failing_twice_still_gets_the_record_once(spec: str) -> None:
         env = {"BRIDGE_WEBHOOK_SECRET": SECRET}
         flags = _flags(receiver, spec, "--webhook-timeout", "0.5", "--webhook-backoff", "0.1")
         async with (
-            FakeAgent() as agent,
+            fake_agent() as agent,
             running_server(*flags, agent=agent, env=env) as server,
         ):
             await _short_call(server.port, agent)
@@ -270,7 +272,7 @@ def test_a_restart_between_failures_still_delivers_exactly_once(spec: str, tmp_p
         return row is not None and row["attempts"] == 1 and row["claimed_until"] is None
 
     async def body(receiver: Receiver) -> str:
-        async with FakeAgent() as agent:
+        async with fake_agent() as agent:
             first, port = await _server_process(spec, receiver.url, agent.url, tmp_path)
             try:
                 await _short_call(port, agent)
