@@ -11,6 +11,7 @@ composed in (see the package's modules), as aioquic and h11 do.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
@@ -28,24 +29,29 @@ from ._actions import (
     ReplyPlayback,
 )
 from ._config import BridgeConfig
+from ._control import Control, ControlInputs, Phase
 from ._counters import Counters
 from ._downlink import Downlink
 from ._errors import LocalProtocolError, Peer, RemoteProtocolError, close_reason, decode_object
+from ._failover import Failover
+from ._history import Conversation
+from ._injections import Injections, user_message
+from ._notices import AgentReconnected
 from ._playback import MAX_PENDING_MARKS, AgentPlayback
 from ._state import AGENT_OPEN, ENDED, AgentState, TwilioState
 from ._timers import Clock, Hooks, call_timers
 from ._tools import Tools
 from ._twilio import Oddity
-from ._uplink import MAX_HELD_DTMF, Uplink
+from ._uplink import Uplink
 
-__all__ = ["MAX_HELD_DTMF", "MAX_PENDING_MARKS", "AgentState", "CallBridge", "TwilioState"]
+__all__ = ["MAX_PENDING_MARKS", "AgentState", "CallBridge", "TwilioState"]
 
 # Agent messages that only make sense once the agent is configured; before, they are ignored.
-_AFTER_SETTINGS = frozenset({"AgentAudioDone", "FunctionCallRequest"})
+_AFTER_SETTINGS = frozenset({"AgentAudioDone", "FunctionCallRequest", "InjectionRefused"})
 _Handler = Callable[[dict[str, Any], float], None]
 
 
-class CallBridge:
+class CallBridge(ControlInputs):
     """Bridges one call. Create it when Twilio's WebSocket is accepted."""
 
     def __init__(self, config: BridgeConfig, *, now: float) -> None:
@@ -69,11 +75,23 @@ class CallBridge:
         self._tools = tools = Tools(
             config, self._actions, counters, up, lambda: playback.drained, self._end
         )
-        self._settings_text = ""
+        self._settings: dict[str, Any] = {}  # this call's, from Twilio's start
         self._request_id = ""
+        self._conversation = Conversation(config.history_limit)
+        self._injections = inj = Injections(config.injection_limit, up, counters, self._actions)
+        self._control = Control(up, inj, self._control_phase)
+        self._failover = failover = Failover(config)
+        self._configured = False  # a first SettingsApplied came: failures reconnect from now
         self._clock = clock = Clock(now)
-        hooks = Hooks(lambda: self.finished, self._abort_open_legs, self._end, self._no_welcome)
-        self._timers = call_timers(config, clock, up, tools, hooks)
+        hooks = Hooks(
+            lambda: self.finished,
+            self._abort_open_legs,
+            self._end,
+            self._no_welcome,
+            self._agent_failed,
+            self._reconnect,
+        )
+        self._timers = call_timers(config, clock, up, tools, failover, hooks)
         self._twilio_handlers: dict[object, _Handler] = {
             "connected": lambda message, now: None,  # it carries nothing the call needs
             "start": self._on_start,
@@ -85,12 +103,15 @@ class CallBridge:
             "Welcome": self._on_welcome,
             "SettingsApplied": self._on_settings_applied,
             "UserStartedSpeaking": lambda message, now: self._open_downlink().barge_in(),
-            "AgentAudioDone": lambda message, now: self._open_downlink().audio_done(),
-            "Error": lambda message, now: self._end(
+            "AgentAudioDone": self._on_audio_done,
+            "Error": lambda message, now: self._agent_failed(
                 EndReason.AGENT_ERROR, _agent.error_detail(message), now
             ),
             "FunctionCallRequest": tools.request,
             "FunctionCallCancelled": lambda message, now: tools.cancel(message),
+            "ConversationText": self._on_conversation_text,
+            "History": self._on_history,
+            "InjectionRefused": lambda message, now: inj.refused(_agent.text(message, "message")),
         }
 
     # ------------------------------------------------------------------ outputs and state
@@ -247,17 +268,22 @@ class CallBridge:
 
     def agent_closed(self, code: int | None, now: float, reason: str = "") -> None:
         """The agent leg is gone, or could not be opened (``reason`` says why)."""
-        if self._agent_state in (AgentState.IDLE, AgentState.CLOSED):
-            return
         was = self._agent_state
+        if was in (AgentState.IDLE, AgentState.CLOSED):
+            return
+        if was is AgentState.RECONNECTING:  # the failed leg, closed: the backoff starts
+            self._failover.gone(now)
+            return
         self._agent_state = AgentState.CLOSED
         if self._ended is None:
             why = f": {reason}" if reason else ""
             if was is AgentState.CONNECTING:
-                self._end(EndReason.AGENT_UNREACHABLE, "could not connect to the agent" + why, now)
+                detail = "could not connect to the agent" + why
+                self._agent_failed(EndReason.AGENT_UNREACHABLE, detail, now, leg_open=False)
             else:
                 how = "without a close frame" if code is None else f"with code {code}"
-                self._end(EndReason.AGENT_ERROR, f"the agent closed the connection {how}{why}", now)
+                detail = f"the agent closed the connection {how}{why}"
+                self._agent_failed(EndReason.AGENT_ERROR, detail, now, leg_open=False)
 
     def tool_result(self, call_id: str, content: str, now: float) -> None:
         """The driver's answer to :class:`RunTool`; sent as ``FunctionCallResponse``."""
@@ -288,7 +314,7 @@ class CallBridge:
         self.custom_parameters = start.parameters
         self._twilio_state = TwilioState.STREAMING
         self._downlink = Downlink(start.stream_sid, self._playback, self._actions)
-        self._settings_text = _agent.settings_text(self.config.settings, start.parameters)
+        self._settings = _agent.call_settings(self.config.settings, start.parameters)
         self._actions.append(
             CallStarted(start.stream_sid, start.call_sid, start.account_sid, start.parameters)
         )
@@ -305,7 +331,10 @@ class CallBridge:
             self._tools.reply_played(now)
 
     def _on_dtmf(self, message: dict[str, Any], now: float) -> None:
-        self._uplink.dtmf(message, now, self._agent_state is AgentState.READY)
+        text = self._uplink.dtmf(message)
+        if text is not None:
+            ready = self._agent_state is AgentState.READY
+            self._injections.submit(user_message(text), now, ready)
 
     def _on_welcome(self, message: dict[str, Any], now: float) -> None:
         self._request_id = _agent.request_id(message)
@@ -317,13 +346,43 @@ class CallBridge:
             self._ignore(Peer.AGENT, "SettingsApplied that was not awaited")
             return
         self._agent_state = AgentState.READY
-        self._actions.append(AgentReady(self._request_id, self._uplink.held_bytes))
-        self._uplink.release(now)
+        held = self._uplink.held_bytes
+        if self._configured:  # a new session after a failure: it hears all that was held
+            attempt, context = self._failover.attempts, len(self._conversation)
+            self._actions.append(AgentReconnected(attempt, self._request_id, held, context))
+            self._uplink.release(now)
+            self._control.replay(now)
+        else:
+            self._configured = True
+            self._actions.append(AgentReady(self._request_id, held))
+            self._uplink.release(now, self.config.preroll_release_bytes)
+        self._injections.turn_done(now)
+
+    def _on_audio_done(self, message: dict[str, Any], now: float) -> None:
+        self._open_downlink().audio_done()
+        self._injections.turn_done(now)
+
+    def _on_conversation_text(self, message: dict[str, Any], now: float) -> None:
+        role, content = _agent.text(message, "role"), _agent.text(message, "content")
+        self._conversation.text(role, content)
+        self._actions.append(_agent.notice("ConversationText", message))
+        self._injections.seen(role, content, now)
+
+    def _on_history(self, message: dict[str, Any], now: float) -> None:
+        self._conversation.history(message)
+        self._actions.append(_agent.notice("History", message))
 
     # ------------------------------------------------------------------ timers
 
     def _phase(self) -> Hashable:
         return ENDED if self._ended is not None else self._agent_state
+
+    def _control_phase(self) -> Phase:
+        if self._ended is not None:
+            return "ended"
+        if not self._configured:
+            return "before"
+        return "ready" if self._agent_state is AgentState.READY else "reconnecting"
 
     def _no_welcome(self, now: float) -> None:
         self._ignore(Peer.AGENT, "no Welcome; Settings sent anyway")
@@ -337,7 +396,40 @@ class CallBridge:
 
     def _send_settings(self, now: float) -> None:
         self._agent_state = AgentState.CONFIGURING
-        self._uplink.send_text(self._settings_text, now)
+        settings = self._settings
+        if self._configured:
+            settings = self._conversation.reconnect_settings(settings)
+        self._uplink.send_text(json.dumps(settings), now)
+
+    # ------------------------------------------------------------------ failover
+
+    def _agent_failed(
+        self, reason: EndReason, detail: str, now: float, *, leg_open: bool = True
+    ) -> None:
+        """The agent leg failed: reconnect if the call may (see :mod:`._failover`), else end."""
+        failover = self._failover
+        if not self._configured or failover.exhausted or self._tools.hanging_up:
+            self._end(reason, detail, now)
+            return
+        self._tools.withdraw_all()  # the new session knows nothing of these calls
+        self._open_downlink().end_reply()
+        self._injections.turn_done(now)
+        self._counters.agent_reconnects += 1
+        self._agent_state = AgentState.RECONNECTING
+        self._actions.append(failover.begin(reason, detail, now, leg_gone=not leg_open))
+        if leg_open:
+            self._actions.append(CloseAgent(1000, close_reason(f"reconnecting: {detail}")))
+
+    def _reconnect(self, now: float) -> None:
+        """The backoff is over: open a new leg; or the failed one will not close: drop it."""
+        failover = self._failover
+        if not failover.leg_gone:
+            failover.aborted = True
+            self._actions.append(CloseAgent(1006, close_reason("close timed out"), abort=True))
+            return
+        self._agent_state = AgentState.CONNECTING
+        self._clock.agent_opened = now
+        self._actions.append(OpenAgent())
 
     def _check_agent_open(self, method: str) -> None:
         if self._agent_state not in AGENT_OPEN:
@@ -367,7 +459,10 @@ class CallBridge:
         if self._twilio_state is not TwilioState.CLOSED:
             code = error.close_code if error and error.peer is Peer.TWILIO else 1000
             self._actions.append(CloseTwilio(code, text))
-        if self._agent_state is AgentState.IDLE:
+        state = self._agent_state
+        if state is AgentState.IDLE or (
+            state is AgentState.RECONNECTING and self._failover.leg_gone
+        ):
             self._agent_state = AgentState.CLOSED
         elif self._agent_state is not AgentState.CLOSED:
             code = error.close_code if error and error.peer is Peer.AGENT else 1000
