@@ -66,8 +66,8 @@ class Injections:
 
     def submit(self, injection: Injection, now: float, ready: bool) -> None:
         """Send now if the agent may take it, else queue it (in order, bounded)."""
-        free = self._inflight is None and not self._held
-        if ready and not self._queue and (free or not injection.refusable):
+        free = self._inflight is None and not self._held and not self._queue
+        if ready and (free or not injection.refusable):
             self._send(injection, now)
         elif len(self._queue) < self._limit:
             self._queue.append(injection)
