@@ -115,7 +115,7 @@ def test_caller_audio_is_held_during_the_gap_and_arrives_in_order() -> None:
     gap = b"".join(bytes([i]) * 160 for i in range(1, 6))
     for i in range(5):
         assert agent_audio_of(call.twilio(twilio_media(gap[i * 160 : (i + 1) * 160]))) == b""
-    settings, *out = reconnect(call)
+    _, *out = reconnect(call)
     assert agent_audio_of(out) == gap  # all of it, whatever the pre-roll policy of the start
     after = call.twilio(twilio_media(b"\x09" * 160))
     assert [a.audio for a in after if isinstance(a, SendAgentAudio)] == [b"\x09" * 160]

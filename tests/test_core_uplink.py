@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sansio import Action, AgentState, Dtmf, PeerIgnored, SendAgentAudio, SendAgentText
+from sansio import Action, AgentState, Dtmf, SendAgentAudio, SendAgentText
 from sansio._counters import Counters
 from sansio._uplink import Uplink
 
