@@ -58,6 +58,7 @@ class Metrics:
         self.barge_ins = 0
         self.agent_errors = 0
         self.agent_warnings = 0
+        self.agent_reconnects = 0
         self.tool_calls = 0
         self.preroll_dropped_bytes = 0
         self.undecodable_media = 0
@@ -110,6 +111,9 @@ class Metrics:
                [("", self.agent_errors)])
         metric("agent_warnings_total", "counter", "Warning messages from the agent.",
                [("", self.agent_warnings)])
+        metric("agent_reconnects_total", "counter",
+               "Agent legs that failed mid-call and were replaced by a new session.",
+               [("", self.agent_reconnects)])
         metric("preroll_dropped_bytes_total", "counter",
                "Caller audio dropped, oldest first, from the pre-roll held until SettingsApplied.",
                [("", self.preroll_dropped_bytes)])
