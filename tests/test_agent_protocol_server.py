@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -118,7 +119,9 @@ def test_after_the_last_retry_the_call_ends_with_its_reason() -> None:
     run(body(), timeout=30)
 
 
-def test_an_error_mid_call_reconnects() -> None:
+def test_an_error_mid_call_reconnects(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="server.call")
+
     async def body() -> None:
         agent = LocalAgent(pace=8, settings_delay=0, failure=Failure("error", after=0.3))
         async with agent, bridge(agent) as server:
@@ -129,6 +132,11 @@ def test_an_error_mid_call_reconnects() -> None:
                 assert not caller.closed
                 await caller.hangup()
             assert agent.sessions[0].error == "INTERNAL_SERVER_ERROR"
+            infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+            for session in agent.sessions:  # Deepgram support asks for each session's id
+                assert any(f"request_id={session.request_id}" in line for line in infos)
+            warnings = [r for r in caplog.records if "reconnecting" in r.getMessage()]
+            assert len(warnings) == 1
             assert server.metrics.calls_ended == {"hangup": 1}
             check_sdk(agent)
 
