@@ -214,6 +214,7 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
             settings=settings,
             chunk_ms=args.chunk_ms,
             preroll_ms=args.preroll_ms,
+            preroll_policy=args.preroll_policy,
             keepalive_interval=args.keepalive,
             agent_connect_timeout=args.agent_connect_timeout,
             settings_timeout=args.settings_timeout,
