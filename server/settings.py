@@ -215,6 +215,7 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
             chunk_ms=args.chunk_ms,
             preroll_ms=args.preroll_ms,
             preroll_policy=args.preroll_policy,
+            agent_retries=args.agent_retries,
             keepalive_interval=args.keepalive,
             agent_connect_timeout=args.agent_connect_timeout,
             settings_timeout=args.settings_timeout,

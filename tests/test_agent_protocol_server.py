@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from server.app import Server
+from server.cli import build_parser
 from server.peers.agent import GOODBYE_TEXT, Failure, LocalAgent
 from server.peers.audio import load_clip, silence, tone
 from server.peers.caller import TwilioCaller
@@ -42,7 +43,11 @@ def check_sdk(agent: LocalAgent) -> int:
 
 @asynccontextmanager
 async def bridge(agent: LocalAgent, *flags: str, **bridge: Any) -> AsyncIterator[Server]:
-    opts = options("--agent-url", agent.url, *flags)
+    # The product's defaults (reconnect, drop the pre-roll), not server_support's.
+    defaults = build_parser()
+    retries, policy = defaults.get_default("agent_retries"), defaults.get_default("preroll_policy")
+    product = ("--agent-retries", str(retries), "--preroll-policy", policy)
+    opts = options(*product, "--agent-url", agent.url, *flags)
     if bridge:
         opts = dataclasses.replace(opts, bridge=dataclasses.replace(opts.bridge, **bridge))
     server = Server(opts)
