@@ -5,20 +5,19 @@ any monotonic clock). Outputs are drained with :meth:`CallBridge.actions`; the d
 re-reads :meth:`CallBridge.next_deadline` and calls :meth:`CallBridge.handle_timeout` when it
 passes. Nothing here reads a clock or touches a socket.
 
-This module keeps the legs' states, the dispatch and the end and fail paths; the rest is
+This module keeps the legs' states, the Twilio side, the dispatch and the end and fail paths;
+the agent side is :mod:`._agent_side`, the control inputs :mod:`._control`, and the rest is
 composed in (see the package's modules), as aioquic and h11 do.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from . import _agent, _twilio
 from ._actions import (
     Action,
-    AgentReady,
     CallEnded,
     CallStarted,
     CallStats,
@@ -28,6 +27,7 @@ from ._actions import (
     OpenAgent,
     ReplyPlayback,
 )
+from ._agent_side import AgentSide, Handler
 from ._config import BridgeConfig
 from ._control import Control, ControlInputs, Phase
 from ._counters import Counters
@@ -36,7 +36,6 @@ from ._errors import LocalProtocolError, Peer, RemoteProtocolError, close_reason
 from ._failover import Failover
 from ._history import Conversation
 from ._injections import Injections, user_message
-from ._notices import AgentReconnected
 from ._playback import MAX_PENDING_MARKS, AgentPlayback
 from ._state import AGENT_OPEN, ENDED, AgentState, TwilioState
 from ._timers import Clock, Hooks, call_timers
@@ -46,12 +45,8 @@ from ._uplink import Uplink
 
 __all__ = ["MAX_PENDING_MARKS", "AgentState", "CallBridge", "TwilioState"]
 
-# Agent messages that only make sense once the agent is configured; before, they are ignored.
-_AFTER_SETTINGS = frozenset({"AgentAudioDone", "FunctionCallRequest", "InjectionRefused"})
-_Handler = Callable[[dict[str, Any], float], None]
 
-
-class CallBridge(ControlInputs):
+class CallBridge(AgentSide, ControlInputs):
     """Bridges one call. Create it when Twilio's WebSocket is accepted."""
 
     def __init__(self, config: BridgeConfig, *, now: float) -> None:
@@ -92,14 +87,14 @@ class CallBridge(ControlInputs):
             self._reconnect,
         )
         self._timers = call_timers(config, clock, up, tools, failover, hooks)
-        self._twilio_handlers: dict[object, _Handler] = {
+        self._twilio_handlers: dict[object, Handler] = {
             "connected": lambda message, now: None,  # it carries nothing the call needs
             "start": self._on_start,
             "mark": self._on_mark,
             "dtmf": self._on_dtmf,
             "stop": lambda message, now: self._hang_up("the caller hung up (stop)", now),
         }
-        self._agent_handlers: dict[object, _Handler] = {
+        self._agent_handlers: dict[object, Handler] = {
             "Welcome": self._on_welcome,
             "SettingsApplied": self._on_settings_applied,
             "UserStartedSpeaking": lambda message, now: self._open_downlink().barge_in(),
@@ -226,65 +221,6 @@ class CallBridge(ControlInputs):
             how = "without a close frame" if code is None else f"with code {code}"
             self._hang_up(f"Twilio closed the stream {how}", now)
 
-    # ------------------------------------------------------------------ agent inputs
-
-    def agent_connected(self, now: float) -> None:
-        """The agent WebSocket asked for by :class:`OpenAgent` is open."""
-        if self._agent_state is not AgentState.CONNECTING:
-            raise LocalProtocolError(f"agent_connected() in agent state {self._agent_state.value}")
-        self._agent_state = AgentState.AWAITING_WELCOME
-        self._clock.agent_connected = now
-        self._uplink.connected(now)
-
-    def agent_text(self, text: str, now: float) -> None:
-        """One text message from the agent."""
-        self._check_agent_open("agent_text")
-        if self._ended is not None:
-            return
-        message = decode_object(self._loads, text)
-        if type(message) is not dict:
-            self._fail(Peer.AGENT, f"the agent sent {message}", 1007, now)
-            return
-        kind = message.get("type")
-        handler = self._agent_handlers.get(kind) if type(kind) is str else None
-        if handler is None:
-            self._actions.append(_agent.notice(kind, message))
-        elif kind in _AFTER_SETTINGS and self._agent_state is not AgentState.READY:
-            self._ignore(Peer.AGENT, f"{kind} before SettingsApplied")
-        else:
-            handler(message, now)
-
-    def agent_audio(self, audio: bytes, now: float) -> None:
-        """One binary message (agent speech, mu-law) from the agent."""
-        self._check_agent_open("agent_audio")
-        if self._ended is not None or not audio:
-            return
-        if self._agent_state is not AgentState.READY:
-            self._fail(Peer.AGENT, "the agent sent audio before SettingsApplied", 1008, now)
-            return
-        downlink = self._downlink
-        assert downlink is not None  # READY implies Twilio's start was seen
-        downlink.audio(audio)
-
-    def agent_closed(self, code: int | None, now: float, reason: str = "") -> None:
-        """The agent leg is gone, or could not be opened (``reason`` says why)."""
-        was = self._agent_state
-        if was in (AgentState.IDLE, AgentState.CLOSED):
-            return
-        if was is AgentState.RECONNECTING:  # the failed leg, closed: the backoff starts
-            self._failover.gone(now)
-            return
-        self._agent_state = AgentState.CLOSED
-        if self._ended is None:
-            why = f": {reason}" if reason else ""
-            if was is AgentState.CONNECTING:
-                detail = "could not connect to the agent" + why
-                self._agent_failed(EndReason.AGENT_UNREACHABLE, detail, now, leg_open=False)
-            else:
-                how = "without a close frame" if code is None else f"with code {code}"
-                detail = f"the agent closed the connection {how}{why}"
-                self._agent_failed(EndReason.AGENT_ERROR, detail, now, leg_open=False)
-
     def tool_result(self, call_id: str, content: str, now: float) -> None:
         """The driver's answer to :class:`RunTool`; sent as ``FunctionCallResponse``."""
         self._tools.result(call_id, content, now)
@@ -336,42 +272,6 @@ class CallBridge(ControlInputs):
             ready = self._agent_state is AgentState.READY
             self._injections.submit(user_message(text), now, ready)
 
-    def _on_welcome(self, message: dict[str, Any], now: float) -> None:
-        self._request_id = _agent.request_id(message)
-        if self._agent_state is AgentState.AWAITING_WELCOME:
-            self._send_settings(now)
-
-    def _on_settings_applied(self, message: dict[str, Any], now: float) -> None:
-        if self._agent_state is not AgentState.CONFIGURING:
-            self._ignore(Peer.AGENT, "SettingsApplied that was not awaited")
-            return
-        self._agent_state = AgentState.READY
-        held = self._uplink.held_bytes
-        if self._configured:  # a new session after a failure: it hears all that was held
-            attempt, context = self._failover.attempts, len(self._conversation)
-            self._actions.append(AgentReconnected(attempt, self._request_id, held, context))
-            self._uplink.release(now)
-            self._control.replay(now)
-        else:
-            self._configured = True
-            self._actions.append(AgentReady(self._request_id, held))
-            self._uplink.release(now, self.config.preroll_release_bytes)
-        self._injections.turn_done(now)
-
-    def _on_audio_done(self, message: dict[str, Any], now: float) -> None:
-        self._open_downlink().audio_done()
-        self._injections.turn_done(now)
-
-    def _on_conversation_text(self, message: dict[str, Any], now: float) -> None:
-        role, content = _agent.text(message, "role"), _agent.text(message, "content")
-        self._conversation.text(role, content)
-        self._actions.append(_agent.notice("ConversationText", message))
-        self._injections.seen(role, content, now)
-
-    def _on_history(self, message: dict[str, Any], now: float) -> None:
-        self._conversation.history(message)
-        self._actions.append(_agent.notice("History", message))
-
     # ------------------------------------------------------------------ timers
 
     def _phase(self) -> Hashable:
@@ -384,56 +284,7 @@ class CallBridge(ControlInputs):
             return "before"
         return "ready" if self._agent_state is AgentState.READY else "reconnecting"
 
-    def _no_welcome(self, now: float) -> None:
-        self._ignore(Peer.AGENT, "no Welcome; Settings sent anyway")
-        self._send_settings(now)
-
     # ------------------------------------------------------------------ plumbing
-
-    def _open_downlink(self) -> Downlink:
-        assert self._downlink is not None  # the agent leg exists only after Twilio's start
-        return self._downlink
-
-    def _send_settings(self, now: float) -> None:
-        self._agent_state = AgentState.CONFIGURING
-        settings = self._settings
-        if self._configured:
-            settings = self._conversation.reconnect_settings(settings)
-        self._uplink.send_text(json.dumps(settings), now)
-
-    # ------------------------------------------------------------------ failover
-
-    def _agent_failed(
-        self, reason: EndReason, detail: str, now: float, *, leg_open: bool = True
-    ) -> None:
-        """The agent leg failed: reconnect if the call may (see :mod:`._failover`), else end."""
-        failover = self._failover
-        if not self._configured or failover.exhausted or self._tools.hanging_up:
-            self._end(reason, detail, now)
-            return
-        self._tools.withdraw_all()  # the new session knows nothing of these calls
-        self._open_downlink().end_reply()
-        self._injections.turn_done(now)
-        self._counters.agent_reconnects += 1
-        self._agent_state = AgentState.RECONNECTING
-        self._actions.append(failover.begin(reason, detail, now, leg_gone=not leg_open))
-        if leg_open:
-            self._actions.append(CloseAgent(1000, close_reason(f"reconnecting: {detail}")))
-
-    def _reconnect(self, now: float) -> None:
-        """The backoff is over: open a new leg; or the failed one will not close: drop it."""
-        failover = self._failover
-        if not failover.leg_gone:
-            failover.aborted = True
-            self._actions.append(CloseAgent(1006, close_reason("close timed out"), abort=True))
-            return
-        self._agent_state = AgentState.CONNECTING
-        self._clock.agent_opened = now
-        self._actions.append(OpenAgent())
-
-    def _check_agent_open(self, method: str) -> None:
-        if self._agent_state not in AGENT_OPEN:
-            raise LocalProtocolError(f"{method}() in agent state {self._agent_state.value}")
 
     def _tolerate(self, oddity: Oddity) -> None:
         self._ignore(Peer.TWILIO, oddity.detail, undecodable=oddity.undecodable)
