@@ -43,9 +43,8 @@ class Failover:
 
     def gone(self, now: float) -> None:
         """The failed leg reported its close: the backoff counts from now."""
-        if not self.leg_gone:
-            self.leg_gone = True
-            self.since = now
+        self.leg_gone = True
+        self.since = now
 
     def due(self) -> float | None:
         """The backoff's end; while the failed leg closes, when to stop waiting for it."""

@@ -60,10 +60,6 @@ class Injections:
         self._inflight: Injection | None = None
         self._held = False  # a refusal came: nothing goes before the agent's turn ends
 
-    @property
-    def waiting(self) -> int:
-        return len(self._queue)
-
     def submit(self, injection: Injection, now: float, ready: bool) -> None:
         """Send now if the agent may take it, else queue it (in order, bounded)."""
         free = self._inflight is None and not self._held and not self._queue
