@@ -315,7 +315,9 @@ def get(path: str, host: str = "bridge.example.com", extra: str = "") -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode()
 
 
-def post_form(path: str, form: str, host: str = "bridge.example.com", extra: str = "") -> bytes:
+def post_form(
+    path: str, form: str, host: str = "bridge.example.com", extra: str = ""
+) -> bytes:
     body = form.encode()
     return (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"

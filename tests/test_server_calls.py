@@ -214,10 +214,9 @@ def test_agent_unreachable_ends_call_cleanly() -> None:
 
 def test_agent_that_never_applies_settings_times_out() -> None:
     async def body() -> None:
-        async with (
-            FakeAgent(apply=False) as agent,
-            running_server("--settings-timeout", "0.3", agent=agent) as server,
-        ):
+        async with FakeAgent(apply=False) as agent, running_server(
+            "--settings-timeout", "0.3", agent=agent
+        ) as server:
             ws = await caller(server)
             await ws.send(start())
             assert await _closed_within(ws, 2) < 2
@@ -396,12 +395,8 @@ def test_client_side_tools() -> None:
                 {
                     "type": "FunctionCallRequest",
                     "functions": [
-                        {
-                            "id": "f1",
-                            "name": "lookup",
-                            "arguments": '{"day": "monday"}',
-                            "client_side": True,
-                        },
+                        {"id": "f1", "name": "lookup", "arguments": '{"day": "monday"}',
+                         "client_side": True},
                         {"id": "f2", "name": "missing", "arguments": "{}", "client_side": True},
                         {"id": "f3", "name": "broken", "arguments": "{}", "client_side": True},
                     ],
@@ -425,12 +420,8 @@ def test_end_call_tool_hangs_up() -> None:
         async with FakeAgent() as agent, running_server(agent=agent) as server:
             ws, session = await ready_call(server, agent)
             await session.send(
-                {
-                    "type": "FunctionCallRequest",
-                    "functions": [
-                        {"id": "e1", "name": "end_call", "arguments": "{}", "client_side": True}
-                    ],
-                }
+                {"type": "FunctionCallRequest", "functions": [
+                    {"id": "e1", "name": "end_call", "arguments": "{}", "client_side": True}]}
             )
             assert await _closed_within(ws, 5) < 5
             await until(lambda: not server.calls)
@@ -475,10 +466,9 @@ def test_shutdown_ends_calls_with_reason() -> None:
 
 def test_caller_not_reading_ends_its_call() -> None:
     async def body() -> None:
-        async with (
-            FakeAgent() as agent,
-            running_server("--max-write-buffer", "65536", agent=agent) as server,
-        ):
+        async with FakeAgent() as agent, running_server(
+            "--max-write-buffer", "65536", agent=agent
+        ) as server:
             # The caller is kept open but never read: TCP backs up.
             _ws, session = await ready_call(server, agent, max_queue=1)
             chunk = b"\x33" * 32000
@@ -497,12 +487,9 @@ def test_caller_not_reading_ends_its_call() -> None:
 
 def test_agent_not_reading_ends_its_call() -> None:
     async def body() -> None:
-        async with (
-            FakeAgent() as agent,
-            running_server(
-                "--max-write-buffer", "65536", "--chunk-ms", "1000", agent=agent
-            ) as server,
-        ):
+        async with FakeAgent() as agent, running_server(
+            "--max-write-buffer", "65536", "--chunk-ms", "1000", agent=agent
+        ) as server:
             ws, session = await ready_call(server, agent)
             session.ws.transport.pause_reading()  # the agent stops reading
             seq = 2
