@@ -212,10 +212,11 @@ class ServerProcess:
         if bridge == "naive":
             command = [sys.executable, "-m", "bench.naive_bridge", *common,
                        "--buffer-ms", str(chunk_ms)]  # fmt: skip
-        else:
+        else:  # the pre-roll is kept so that every frame the bridge did not deliver is "lost"
             command = [sys.executable, "-m", "server", *common,
                        "--chunk-ms", str(chunk_ms), "--log-level", "WARNING",
-                       "--idle-timeout", "60", "--shutdown-grace", "1"]  # fmt: skip
+                       "--idle-timeout", "60", "--shutdown-grace", "1",
+                       "--preroll-policy", "keep"]  # fmt: skip
             if workers > 1:
                 command += ["--workers", str(workers)]
         self.proc = subprocess.Popen(

@@ -38,17 +38,34 @@ from ._actions import (
     Transcript,
 )
 from ._bridge import CallBridge
-from ._config import BridgeConfig, fill_placeholders, validate_settings
+from ._config import PREROLL_POLICIES, BridgeConfig, fill_placeholders, validate_settings
+from ._control import BEHAVIORS
 from ._errors import BridgeError, ConfigError, LocalProtocolError, Peer, RemoteProtocolError
+from ._notices import (
+    AgentReconnected,
+    AgentReconnecting,
+    AgentUpdated,
+    FrustrationDetected,
+    FunctionCallsCancelled,
+    InjectionDropped,
+    InjectionRefused,
+    ServerFunctionResult,
+    ThinkProviderMessage,
+)
 from ._state import AgentState, TwilioState
 
 __all__ = [
+    "BEHAVIORS",
+    "PREROLL_POLICIES",
     "Action",
     "AgentNotice",
     "AgentReady",
+    "AgentReconnected",
+    "AgentReconnecting",
     "AgentStartedSpeaking",
     "AgentState",
     "AgentThinking",
+    "AgentUpdated",
     "AgentWarning",
     "BargeIn",
     "BridgeConfig",
@@ -64,7 +81,11 @@ __all__ = [
     "ConfigError",
     "Dtmf",
     "EndReason",
+    "FrustrationDetected",
+    "FunctionCallsCancelled",
     "History",
+    "InjectionDropped",
+    "InjectionRefused",
     "LatencyReport",
     "LocalProtocolError",
     "Notice",
@@ -80,6 +101,8 @@ __all__ = [
     "SendTwilioMark",
     "SendTwilioMedia",
     "SendTwilioText",
+    "ServerFunctionResult",
+    "ThinkProviderMessage",
     "Transcript",
     "TwilioState",
     "fill_placeholders",

@@ -22,17 +22,20 @@ from ._actions import (
     Transcript,
 )
 from ._config import fill_placeholders
+from ._notices import AgentUpdated, FrustrationDetected, ServerFunctionResult, ThinkProviderMessage
 
 KEEPALIVE = '{"type":"KeepAlive"}'
 
 
-def settings_text(settings: Mapping[str, Any], parameters: Mapping[str, str]) -> str:
+def call_settings(settings: Mapping[str, Any], parameters: Mapping[str, str]) -> dict[str, Any]:
     """The ``Settings`` message of one call, its placeholders filled from Twilio's start."""
-    return json.dumps(fill_placeholders(settings, parameters))
+    filled: dict[str, Any] = fill_placeholders(settings, parameters)
+    return filled
 
 
-def inject_user_message(content: str) -> str:
-    return json.dumps({"type": "InjectUserMessage", "content": content})
+def client_message(kind: str, **fields: Any) -> str:
+    """A client message of the v1 spec (``fields`` already checked by the caller)."""
+    return json.dumps({"type": kind, **fields})
 
 
 def function_call_response(call_id: str, name: str, content: str) -> str:
@@ -87,12 +90,12 @@ def cancelled_ids(message: dict[str, Any]) -> list[str]:
 
 
 def request_id(message: dict[str, Any]) -> str:
-    return _text(message, "request_id")
+    return text(message, "request_id")
 
 
 def error_detail(message: dict[str, Any]) -> str:
-    code = _text(message, "code") or "UNKNOWN"
-    description = _text(message, "description") or _text(message, "message")
+    code = text(message, "code") or "UNKNOWN"
+    description = text(message, "description") or text(message, "message")
     return f"agent error {code}: {description}"
 
 
@@ -103,8 +106,8 @@ def notice(kind: object, message: dict[str, Any]) -> Notice:
 
 
 _NOTICES: dict[object, Callable[[dict[str, Any]], Notice]] = {
-    "ConversationText": lambda m: Transcript(_text(m, "role"), _text(m, "content")),
-    "AgentThinking": lambda m: AgentThinking(_text(m, "content")),
+    "ConversationText": lambda m: Transcript(text(m, "role"), text(m, "content")),
+    "AgentThinking": lambda m: AgentThinking(text(m, "content")),
     "AgentStartedSpeaking": lambda m: AgentStartedSpeaking(
         _number(m, "total_latency"), _number(m, "tts_latency"), _number(m, "ttt_latency")
     ),
@@ -112,11 +115,23 @@ _NOTICES: dict[object, Callable[[dict[str, Any]], Notice]] = {
         {k: float(v) for k, v in m.items() if type(v) is int or type(v) is float}
     ),
     "History": History,
-    "Warning": lambda m: AgentWarning(_text(m, "code"), _text(m, "description")),
+    "Warning": lambda m: AgentWarning(text(m, "code"), text(m, "description")),
+    "FunctionCallResponse": lambda m: ServerFunctionResult(
+        text(m, "id"), text(m, "name"), text(m, "content")
+    ),
+    "PromptUpdated": lambda m: AgentUpdated("prompt"),
+    "SpeakUpdated": lambda m: AgentUpdated("speak"),
+    "ThinkUpdated": lambda m: AgentUpdated("think"),
+    "ListenUpdated": lambda m: AgentUpdated("listen"),
+    "ThinkLiveUpdated": lambda m: AgentUpdated("think_live"),
+    "FrustrationDetected": lambda m: FrustrationDetected(
+        int(_number(m, "count") or 0), m.get("escalated") is True
+    ),
+    "__customFromThinkProvider": lambda m: ThinkProviderMessage(m.get("content")),
 }
 
 
-def _text(message: Mapping[str, Any], key: str) -> str:
+def text(message: Mapping[str, Any], key: str) -> str:
     value = message.get(key)
     return value if type(value) is str else ""
 

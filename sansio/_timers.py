@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ._actions import EndReason
 from ._config import BridgeConfig
+from ._failover import Failover
 from ._state import ENDED, AgentState
 from ._tools import Tools
 from ._uplink import Uplink
@@ -83,16 +84,26 @@ class Hooks:
     abort_open_legs: Callable[[float], None]
     end: Callable[[EndReason, str, float], None]
     no_welcome: Callable[[float], None]
+    agent_failed: Callable[[EndReason, str, float], None]  # reconnects when it may, else ends
+    reconnect: Callable[[float], None]
 
 
 def call_timers(
-    config: BridgeConfig, clock: Clock, uplink: Uplink, tools: Tools, hooks: Hooks
+    config: BridgeConfig,
+    clock: Clock,
+    uplink: Uplink,
+    tools: Tools,
+    failover: Failover,
+    hooks: Hooks,
 ) -> Timers:
     """The timers of one call. The call's end disarms all but ``close``."""
     c, S = config, AgentState
 
     def timeout(detail: str) -> Callable[[float], None]:
         return lambda now: hooks.end(EndReason.TIMEOUT, detail, now)
+
+    def agent_timeout(detail: str) -> Callable[[float], None]:
+        return lambda now: hooks.agent_failed(EndReason.TIMEOUT, detail, now)
 
     return Timers(
         (
@@ -106,13 +117,13 @@ def call_timers(
                 "agent_connect",
                 {S.CONNECTING},
                 lambda: clock.agent_opened + c.agent_connect_timeout,
-                timeout(f"agent_connect: no connection after {c.agent_connect_timeout}s"),
+                agent_timeout(f"agent_connect: no connection after {c.agent_connect_timeout}s"),
             ),
             Timer(
                 "settings_applied",
                 {S.AWAITING_WELCOME, S.CONFIGURING},
                 lambda: clock.agent_connected + c.settings_timeout,
-                timeout(f"settings_applied: none after {c.settings_timeout}s"),
+                agent_timeout(f"settings_applied: none after {c.settings_timeout}s"),
             ),
             Timer(
                 "welcome",  # Settings go anyway: Welcome is a courtesy
@@ -129,5 +140,6 @@ def call_timers(
             Timer("chunk", {S.READY}, uplink.chunk_due, lambda now: uplink.flush()),
             Timer("keepalive", {S.READY}, uplink.keepalive_due, uplink.keepalive),
             Timer("hangup", {S.READY}, tools.hangup_due, tools.hangup_deadline),
+            Timer("reconnect", {S.RECONNECTING}, failover.due, hooks.reconnect),
         )
     )

@@ -2,8 +2,9 @@
 keepalive that covers silence.
 
 Before ``SettingsApplied`` (``ready`` false) caller audio is held, dropping the oldest bytes
-beyond the pre-roll cap, and DTMF keys are held up to a bound; :meth:`Uplink.release` sends
-both. Afterwards audio leaves in whole chunks, a partial chunk when its deadline passes.
+beyond the pre-roll cap; :meth:`Uplink.release` sends what the pre-roll policy keeps of it.
+Afterwards audio leaves in whole chunks, a partial chunk when its deadline passes. DTMF keys
+become injections (see :mod:`._injections`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from ._actions import Action, Dtmf, SendAgentAudio, SendAgentText
-from ._agent import KEEPALIVE, inject_user_message
+from ._agent import KEEPALIVE
 from ._config import BridgeConfig
 from ._counters import Counters
 from ._errors import Peer
 from ._twilio import Oddity, dtmf_digit
-
-MAX_HELD_DTMF = 32
 
 
 class Uplink:
@@ -29,7 +28,6 @@ class Uplink:
         "_chunk_s",
         "_counters",
         "_dtmf_template",
-        "_held_texts",
         "_keepalive_s",
         "_pending",
         "_preroll_cap",
@@ -50,7 +48,6 @@ class Uplink:
         self._pending = bytearray()
         self._since = now  # when the oldest pending byte arrived
         self._tx = now  # when the agent was last sent anything
-        self._held_texts: list[str] = []
 
     @property
     def held_bytes(self) -> int:
@@ -81,28 +78,26 @@ class Uplink:
             del pending[:excess]
             self._counters.preroll_dropped_bytes += excess
 
-    def dtmf(self, message: dict[str, Any], now: float, ready: bool) -> None:
-        """A key the caller pressed, told to the agent (held until ``ready``, up to a bound)."""
+    def dtmf(self, message: dict[str, Any]) -> str | None:
+        """A key the caller pressed: the text to inject as the caller's words, if it is one."""
         digit = dtmf_digit(message)
         if isinstance(digit, Oddity):
             self._counters.ignore(Peer.TWILIO, digit.detail)
-            return
+            return None
         self._actions.append(Dtmf(digit))
-        text = inject_user_message(self._dtmf_template.replace("{digit}", digit))
-        if ready:
-            self.send_text(text, now)
-        elif len(self._held_texts) < MAX_HELD_DTMF:
-            self._held_texts.append(text)
-        else:
-            self._counters.ignore(Peer.TWILIO, "dtmf beyond what is held before the agent is ready")
+        return self._dtmf_template.replace("{digit}", digit)
 
-    def release(self, now: float) -> None:
-        """``SettingsApplied``: send the whole chunks of pre-roll, then the held texts."""
-        if self._pending:
+    def release(self, now: float, keep_bytes: int | None = None) -> None:
+        """``SettingsApplied``: send the whole chunks of the newest ``keep_bytes`` of pre-roll
+        (None: all of it); what is cut counts as dropped pre-roll."""
+        pending = self._pending
+        excess = len(pending) - keep_bytes if keep_bytes is not None else 0
+        if excess > 0:
+            del pending[:excess]
+            self._counters.preroll_dropped_bytes += excess
+            self._since = now
+        if pending:
             self._send_full_chunks(now)
-        for text in self._held_texts:
-            self.send_text(text, now)
-        self._held_texts.clear()
 
     def chunk_due(self) -> float | None:
         """When the held partial chunk must go, if there is one."""

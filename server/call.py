@@ -22,6 +22,8 @@ from sansio import (
     Action,
     AgentNotice,
     AgentReady,
+    AgentReconnected,
+    AgentReconnecting,
     AgentWarning,
     BargeIn,
     CallBridge,
@@ -140,7 +142,9 @@ class CallDriver:
             AgentWarning: self._on_agent_warning,
             PeerIgnored: self._on_peer_ignored,
             AgentNotice: self._on_agent_notice,
-            AgentReady: self._on_debug_notice,
+            AgentReady: self._on_agent_ready,
+            AgentReconnecting: self._on_agent_reconnecting,
+            AgentReconnected: self._on_agent_ready,
             ReplyPlayback: self._on_debug_notice,
             Dtmf: self._on_dtmf,
         }
@@ -453,6 +457,26 @@ class CallDriver:
             stats.preroll_dropped_bytes,
             stats.undecodable_media,
             stats.ignored_messages,
+        )
+
+    def _on_agent_ready(self, notice: AgentReady | AgentReconnected) -> None:
+        """Deepgram support asks for the session's request_id: one INFO line per session."""
+        again = f" reconnect={notice.attempt}" if isinstance(notice, AgentReconnected) else ""
+        log.info(
+            "agent session callSid=%s request_id=%s%s",
+            self.call_sid or "-",
+            notice.request_id or "-",
+            again,
+        )
+
+    def _on_agent_reconnecting(self, notice: AgentReconnecting) -> None:
+        self.metrics.agent_reconnects += 1
+        log.warning(
+            "agent leg failed, reconnecting callSid=%s attempt=%d reason=%s detail=%r",
+            self.call_sid or "-",
+            notice.attempt,
+            notice.reason.value,
+            notice.detail,
         )
 
     def _on_transcript(self, notice: Transcript) -> None:

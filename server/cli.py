@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="caller audio per message to the agent, in ms (default 20)")
     add("--preroll-ms", type=_positive_int, default=5000,
         help="caller audio held until the agent is ready, in ms (default 5000)")
+    add("--preroll-policy", choices=("keep", "drop", "last"), default="drop",
+        help="what of the audio held before the first SettingsApplied reaches the agent: all, "
+        "none (protects the greeting from an early 'Hello?'), or the last 300 ms (default drop)")
+    add("--agent-retries", type=_non_negative_int, default=2,
+        help="reconnects of the agent leg after a mid-call failure (default 2; 0: end the call)")
     add("--mark-interval-ms", type=_non_negative_int, default=500,
         help="a playback mark every N ms of agent audio; 0: only at reply ends (default 500)")
     add("--require-call-token", action="store_true",

@@ -44,6 +44,7 @@ _COUNTERS = (
     "barge_ins",
     "agent_errors",
     "agent_warnings",
+    "agent_reconnects",
     "tool_calls",
     "preroll_dropped_bytes",
     "undecodable_media",
@@ -101,6 +102,7 @@ class Metrics:
         self.barge_ins = 0
         self.agent_errors = 0
         self.agent_warnings = 0
+        self.agent_reconnects = 0
         self.tool_calls = 0
         self.preroll_dropped_bytes = 0
         self.undecodable_media = 0
@@ -243,6 +245,9 @@ class Metrics:
                [("", v["agent_errors"])])
         metric("agent_warnings_total", "counter", "Warning messages from the agent.",
                [("", v["agent_warnings"])])
+        metric("agent_reconnects_total", "counter",
+               "Agent legs that failed mid-call and were replaced by a new session.",
+               [("", v["agent_reconnects"])])
         metric("preroll_dropped_bytes_total", "counter",
                "Caller audio dropped, oldest first, from the pre-roll held until SettingsApplied.",
                [("", v["preroll_dropped_bytes"])])

@@ -61,8 +61,12 @@ def run(coro: Coroutine[Any, Any, Any], timeout: float = 30.0, loop: str | None 
 def options(*flags: str, env: dict[str, str] | None = None) -> ServerOptions:
     environ = {"DEEPGRAM_API_KEY": API_KEY}
     environ.update(env or {})
+    # The suite's older server tests check the transport and the end of a call on a failure:
+    # they keep the whole pre-roll and do not reconnect unless they say so (the defaults drop
+    # it and reconnect; tests/server/test_agent_protocol.py runs those).
+    base = ["--agent-retries", "0", "--preroll-policy", "keep"]
     args = build_parser().parse_args(
-        ["--host", "127.0.0.1", "--port", "0", "--config", str(CONFIG), *flags]
+        ["--host", "127.0.0.1", "--port", "0", "--config", str(CONFIG), *base, *flags]
     )
     return make_options(args, environ)
 

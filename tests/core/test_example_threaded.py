@@ -67,7 +67,12 @@ def test_threaded_runtime_bridges_a_call_over_loopback() -> None:
         threading.Thread(target=agent_server.serve_forever, daemon=True).start()
         agent_url = f"ws://127.0.0.1:{agent_server.socket.getsockname()[1]}/v1/agent/converse"
         bridge = example.make_server(
-            "127.0.0.1", 0, config(), agent_url, "sekret", on_notice=notices.append
+            "127.0.0.1",
+            0,
+            config(preroll_policy="keep"),
+            agent_url,
+            "sekret",
+            on_notice=notices.append,
         )
         threading.Thread(target=bridge.serve_forever, daemon=True).start()
         try:

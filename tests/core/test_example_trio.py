@@ -56,7 +56,8 @@ def bridge_one_call(
         with trio.fail_after(20):
             async with trio.open_nursery() as nursery:
                 serve_bridge = partial(
-                    example.serve, "127.0.0.1", 0, config(), agent_url, "sekret",
+                    example.serve, "127.0.0.1", 0, config(preroll_policy="keep"),
+                    agent_url, "sekret",
                     on_notice=notices.append,
                 )  # fmt: skip
                 listeners = await nursery.start(serve_bridge)

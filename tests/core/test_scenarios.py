@@ -24,7 +24,10 @@ from sansio import (
     ConfigError,
     Dtmf,
     EndReason,
+    FunctionCallsCancelled,
     History,
+    InjectionDropped,
+    InjectionRefused,
     LatencyReport,
     LocalProtocolError,
     OpenAgent,
@@ -41,7 +44,7 @@ from sansio import (
     TwilioState,
     fill_placeholders,
 )
-from sansio._bridge import MAX_HELD_DTMF, MAX_PENDING_MARKS
+from sansio._bridge import MAX_PENDING_MARKS
 from tests.core.playbook import (
     AgentAudio,
     AgentConnected,
@@ -115,7 +118,7 @@ def test_settings_are_sent_without_welcome_after_the_welcome_timeout() -> None:
 
 
 def test_caller_audio_is_held_until_settings_applied_then_flushed_in_order() -> None:
-    call = Call(config(chunk_ms=20))
+    call = Call(config(chunk_ms=20, preroll_policy="keep"))
     call.start()
     frames = [bytes([i]) * 160 for i in range(5)]
     for i, frame in enumerate(frames):
@@ -131,7 +134,7 @@ def test_caller_audio_is_held_until_settings_applied_then_flushed_in_order() -> 
 
 
 def test_preroll_drops_the_oldest_audio_first_and_counts_it() -> None:
-    call = Call(config(preroll_ms=40))  # 320 bytes
+    call = Call(config(preroll_ms=40, preroll_policy="keep"))  # 320 bytes
     call.start()
     audio = bytes(range(200)) * 3
     for i in range(3):
@@ -300,7 +303,8 @@ def test_agent_messages_become_notices() -> None:
     ]
     assert call.agent(agent("Warning", code="W", description="d")) == [AgentWarning("W", "d")]
     assert call.agent(agent("InjectionRefused", message="busy")) == [
-        AgentNotice("InjectionRefused", {"type": "InjectionRefused", "message": "busy"})
+        PeerIgnored("agent", "InjectionRefused with no injection in flight"),
+        InjectionRefused("busy", queued=False),
     ]
     assert call.agent(json.dumps({"no": "type"})) == [AgentNotice("None", {"no": "type"})]
     assert call.agent(agent("Welcome")) == []  # a duplicate Welcome changes nothing
@@ -310,7 +314,7 @@ def test_agent_messages_become_notices() -> None:
 
 
 def test_agent_error_ends_the_call_and_closes_both_legs() -> None:
-    call = Call()
+    call = Call(config(agent_retries=0))
     call.ready()
     detail = "agent error THINK_FAILED: Failed to think"
     assert (
@@ -360,7 +364,7 @@ def test_agent_audio_before_settings_applied_is_a_protocol_error() -> None:
 
 
 def test_agent_closing_mid_call_ends_it_as_an_agent_error() -> None:
-    call = Call()
+    call = Call(config(agent_retries=0))
     call.ready()
     call.core.agent_closed(1011, call.now, "internal")
     out = call.drain()
@@ -448,7 +452,7 @@ def test_the_close_handshake_is_bounded_by_the_close_timeout() -> None:
 
 
 def test_a_long_close_reason_is_cut_to_fit_a_close_frame() -> None:
-    call = Call()
+    call = Call(config(agent_retries=0))
     call.ready()
     out = call.agent(agent("Error", description="é" * 200, code="X"))
     [close] = of(CloseTwilio, out)
@@ -599,21 +603,34 @@ def test_dtmf_becomes_inject_user_message_and_is_held_until_ready() -> None:
     call.agent(agent("Welcome"))
     out = call.agent(agent("SettingsApplied"))
     assert agent_texts(out) == [{"type": "InjectUserMessage", "content": "Key 1 pressed"}]
-    out = call.twilio(twilio_dtmf("#"))
+    assert agent_texts(call.twilio(twilio_dtmf("#"))) == []  # "1" is not settled yet
+    out = call.agent(agent("ConversationText", role="user", content="Key 1 pressed"))
     assert agent_texts(out) == [{"type": "InjectUserMessage", "content": "Key # pressed"}]
     out = call.twilio(twilio_dtmf("12"))
     assert out == [PeerIgnored("twilio", "dtmf without a valid digit")]
 
 
-def test_dtmf_held_before_ready_is_bounded() -> None:
-    call = Call()
+def test_dtmf_held_before_ready_is_bounded_and_the_drops_counted() -> None:
+    call = Call(config(injection_limit=3))
     call.start()
-    for _ in range(MAX_HELD_DTMF + 2):
-        call.twilio(twilio_dtmf("5"))
-    assert PeerIgnored("twilio", "dtmf beyond what is held before the agent is ready") in call.log
+    for digit in "12345":
+        call.twilio(twilio_dtmf(digit))
+    assert (
+        call.log.count(
+            InjectionDropped(
+                "InjectUserMessage", "The caller pressed the 4 key on the phone keypad."
+            )
+        )
+        == 1
+    )
     call.core.agent_connected(call.now)
     call.agent(agent("Welcome"))
-    assert len(agent_texts(call.agent(agent("SettingsApplied")))) == MAX_HELD_DTMF
+    texts = agent_texts(call.agent(agent("SettingsApplied")))
+    assert [t["content"].split()[4] for t in texts] == ["1"]  # one in flight at a time
+    for digit in "23":
+        texts = agent_texts(call.agent(agent("AgentAudioDone")))
+        assert [t["content"].split()[4] for t in texts] == [digit]
+    assert call.core.stats().injections_dropped == 2
 
 
 # ---------------------------------------------------------------- tools
@@ -657,7 +674,7 @@ def test_cancelled_tool_calls_are_withdrawn_and_late_results_dropped() -> None:
     out = call.agent(
         agent("FunctionCallCancelled", functions=[{"id": "fc_1", "name": "slow"}, {"id": "zz"}, 3])
     )
-    assert out == [CancelTool("fc_1")]
+    assert out == [CancelTool("fc_1"), FunctionCallsCancelled(("fc_1", "zz"), False)]
     call.core.tool_result("fc_1", "late", call.now)
     assert call.drain() == []
     assert call.agent(agent("FunctionCallCancelled")) == []

@@ -57,6 +57,7 @@ def test_each_deadline_of_a_call_is_one_row() -> None:
         "chunk",
         "keepalive",
         "hangup",
+        "reconnect",
     ]
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from sansio import Action, AgentState, Dtmf, PeerIgnored, SendAgentAudio, SendAgentText
+from sansio import Action, AgentState, Dtmf, SendAgentAudio, SendAgentText
 from sansio._counters import Counters
-from sansio._uplink import MAX_HELD_DTMF, Uplink
+from sansio._uplink import Uplink
 from tests.helpers import (
     Call,
     agent,
@@ -54,16 +54,11 @@ def test_a_partial_chunk_waits_for_its_deadline_then_flushes() -> None:
     assert actions[-1] == SendAgentAudio(b"\x02" * 80, 1.02) and up.chunk_due() is None
 
 
-def test_dtmf_is_held_up_to_a_bound_before_ready() -> None:
-    up, actions, counters = make()
-    for _ in range(MAX_HELD_DTMF + 1):
-        up.dtmf(json.loads(twilio_dtmf("5")), 0.0, ready=False)
-    assert actions.count(Dtmf("5")) == MAX_HELD_DTMF + 1
-    assert PeerIgnored("twilio", "dtmf beyond what is held before the agent is ready") in actions
-    assert counters.ignored_messages == 1
-    actions.clear()
-    up.release(1.0)
-    assert len(actions) == MAX_HELD_DTMF and all(isinstance(a, SendAgentText) for a in actions)
+def test_dtmf_becomes_the_text_to_inject() -> None:
+    up, actions, counters = make(dtmf_template="key {digit}")
+    assert up.dtmf(json.loads(twilio_dtmf("5"))) == "key 5"
+    assert up.dtmf(json.loads(twilio_dtmf("55"))) is None
+    assert actions[0] == Dtmf("5") and counters.ignored_messages == 1
 
 
 def test_keepalive_counts_from_the_last_text_or_audio_sent() -> None:
@@ -76,7 +71,7 @@ def test_keepalive_counts_from_the_last_text_or_audio_sent() -> None:
 
 
 def test_the_bridge_holds_caller_audio_while_settings_are_pending() -> None:
-    call = Call(config(chunk_ms=20))
+    call = Call(config(chunk_ms=20, preroll_policy="keep"))
     call.start()
     call.core.agent_connected(call.now)
     out = call.agent(agent("Welcome", request_id="r"))  # Settings sent: CONFIGURING
