@@ -117,6 +117,7 @@ class CallDriver:
                 clock_offset=time.time() - now,
                 redact=self._redact,
                 recording=partial(recording_path, directory) if directory else None,
+                on_latency=self.metrics.observe_turn,
             )
             if self._store is not None
             else None

@@ -109,9 +109,13 @@ def test_a_real_call_is_recorded_whole_with_what_the_caller_heard(spec: str) -> 
             assert response.status == 200
             assert response.headers["content-type"] == "application/json"
             served: dict[str, Any] = json.loads(response.body)
+            histogram = server.metrics.turn_latency
+            served["_turns_observed"] = {s: h.count for s, h in histogram.items()}
+            served["_turn_seconds"] = {s: h.sum for s, h in histogram.items()}
             return served
 
     served = run(body())
+    observed, seconds = served.pop("_turns_observed"), served.pop("_turn_seconds")
     record = _show(spec)
     assert served == record
     assert record["complete"] and record["end_reason"] == "hangup"
@@ -128,6 +132,11 @@ def test_a_real_call_is_recorded_whole_with_what_the_caller_heard(spec: str) -> 
     assert goodbye["playback"] == "played" and goodbye["heard_fraction"] == 1.0
     for turn in (cut, goodbye):  # at the ear: first audio, then its first mark echo
         assert 0 <= turn["latency_audio_ms"] <= turn["latency_mark_ms"] < 5000
+    # The /metrics histogram at the ear saw the same two turns as the record.
+    assert observed == {"first_audio": 2, "first_mark": 2}
+    for stage, key in (("first_audio", "latency_audio_ms"), ("first_mark", "latency_mark_ms")):
+        recorded = sum(turn[key] for turn in (cut, goodbye)) / 1000
+        assert abs(seconds[stage] - recorded) < 0.01
     assert record["dtmf_count"] == 1 and record["barge_ins"] == 1
     kinds = [(e["kind"], e["name"]) for e in record["events"]]
     assert kinds == [("barge_in", "UserStartedSpeaking"), ("tool_call", "lookup")]
