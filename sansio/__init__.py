@@ -22,7 +22,9 @@ from ._actions import (
     CloseTwilio,
     Dtmf,
     EndReason,
+    FallbackCall,
     History,
+    KeypadEntry,
     LatencyReport,
     Notice,
     OpenAgent,
@@ -36,8 +38,11 @@ from ._actions import (
     SendTwilioMedia,
     SendTwilioText,
     Transcript,
+    TransferCall,
+    TransferCancelled,
 )
 from ._bridge import CallBridge
+from ._callcontrol import CallControl, Resume, SafetyRule
 from ._config import BridgeConfig, fill_placeholders, validate_settings
 from ._errors import BridgeError, ConfigError, LocalProtocolError, Peer, RemoteProtocolError
 from ._state import AgentState, TwilioState
@@ -54,6 +59,7 @@ __all__ = [
     "BridgeConfig",
     "BridgeError",
     "CallBridge",
+    "CallControl",
     "CallEnded",
     "CallStarted",
     "CallStats",
@@ -64,7 +70,9 @@ __all__ = [
     "ConfigError",
     "Dtmf",
     "EndReason",
+    "FallbackCall",
     "History",
+    "KeypadEntry",
     "LatencyReport",
     "LocalProtocolError",
     "Notice",
@@ -74,13 +82,17 @@ __all__ = [
     "Playback",
     "RemoteProtocolError",
     "ReplyPlayback",
+    "Resume",
     "RunTool",
+    "SafetyRule",
     "SendAgentAudio",
     "SendAgentText",
     "SendTwilioMark",
     "SendTwilioMedia",
     "SendTwilioText",
     "Transcript",
+    "TransferCall",
+    "TransferCancelled",
     "TwilioState",
     "fill_placeholders",
     "validate_settings",

@@ -21,18 +21,56 @@ from ._actions import (
     Notice,
     Transcript,
 )
+from ._callcontrol import Resume
 from ._config import fill_placeholders
 
 KEEPALIVE = '{"type":"KeepAlive"}'
 
 
-def settings_text(settings: Mapping[str, Any], parameters: Mapping[str, str]) -> str:
+def settings_text(
+    settings: Mapping[str, Any], parameters: Mapping[str, str], resume: Resume | None = None
+) -> str:
     """The ``Settings`` message of one call, its placeholders filled from Twilio's start."""
-    return json.dumps(fill_placeholders(settings, parameters))
+    filled = fill_placeholders(settings, parameters)
+    return json.dumps(filled if resume is None else seed_history(filled, resume))
+
+
+def seed_history(settings: dict[str, Any], resume: Resume) -> dict[str, Any]:
+    """``settings`` for a call resumed after a failed transfer: the conversation so far in
+    ``agent.context.messages`` (after any the config seeds) and the resume line as greeting.
+
+    MERGE NOTE (call control): the protocol branch seeds reconnects the same way
+    (``_history.Conversation.reconnect_settings``); unify the two at merge.
+    """
+    agent = settings.get("agent")
+    if not isinstance(agent, dict):
+        return settings  # a stored agent id: nothing to seed
+    context = agent.get("context")
+    context = dict(context) if isinstance(context, Mapping) else {}
+    seeded = context.get("messages")
+    context["messages"] = [*(seeded if isinstance(seeded, list) else []), *resume.history]
+    return {**settings, "agent": {**agent, "context": context, "greeting": resume.greeting}}
 
 
 def inject_user_message(content: str) -> str:
     return json.dumps({"type": "InjectUserMessage", "content": content})
+
+
+def inject_agent_message(content: str, *, interrupt: bool = False) -> str:
+    """``InjectAgentMessage`` (v1 field ``message``); ``interrupt`` replaces current speech.
+
+    MERGE NOTE (call control): the protocol branch sends injections through its queue with
+    ``InjectionRefused`` retries (``_injections.agent_message``); route these through it.
+    """
+    body: dict[str, str] = {"type": "InjectAgentMessage", "message": content}
+    if interrupt:
+        body["behavior"] = "interrupt"
+    return json.dumps(body)
+
+
+def update_prompt(note: str) -> str:
+    """``UpdatePrompt``: v1 appends ``note`` to the prompt, a system note the caller never hears."""
+    return json.dumps({"type": "UpdatePrompt", "prompt": note})
 
 
 def function_call_response(call_id: str, name: str, content: str) -> str:

@@ -26,23 +26,32 @@ from ._actions import (
     EndReason,
     OpenAgent,
     ReplyPlayback,
+    Transcript,
 )
+from ._callcontrol import Resume
 from ._config import BridgeConfig
 from ._counters import Counters
 from ._downlink import Downlink
 from ._errors import LocalProtocolError, Peer, RemoteProtocolError, close_reason, decode_object
+from ._keypad import Keypad
 from ._playback import MAX_PENDING_MARKS, AgentPlayback
 from ._state import AGENT_OPEN, ENDED, AgentState, TwilioState
 from ._timers import Clock, Hooks, call_timers
 from ._tools import Tools
+from ._transfer import Handoff
 from ._twilio import Oddity
 from ._uplink import MAX_HELD_DTMF, Uplink
+from ._watch import Watch
 
 __all__ = ["MAX_HELD_DTMF", "MAX_PENDING_MARKS", "AgentState", "CallBridge", "TwilioState"]
 
 # Agent messages that only make sense once the agent is configured; before, they are ignored.
 _AFTER_SETTINGS = frozenset({"AgentAudioDone", "FunctionCallRequest"})
 _Handler = Callable[[dict[str, Any], float], None]
+# Ends that the fallback takes over (the caller is still there, the agent is not).
+_AGENT_FAILURES = frozenset(
+    {EndReason.AGENT_ERROR, EndReason.AGENT_UNREACHABLE, EndReason.TIMEOUT, EndReason.SHUTDOWN}
+)
 
 
 class CallBridge:
@@ -66,25 +75,41 @@ class CallBridge:
         self._playback = playback = AgentPlayback(config.mark_interval_ms * 8, counters)
         self._marks = playback.marks  # the marks awaiting their echo, for tests to fill
         self._downlink: Downlink | None = None  # from Twilio's start
-        self._tools = tools = Tools(
-            config, self._actions, counters, up, lambda: playback.drained, self._end
+        control = config.control
+
+        def drained() -> bool:
+            return playback.drained
+
+        def ready() -> bool:
+            return self._agent_state is AgentState.READY
+
+        self._handoff = handoff = Handoff(control, self._actions, up, drained, ready, self._close)
+        self._watch = watch = Watch(control, up, handoff, drained, ready, self._end)
+        self._keypad = keypad = Keypad(
+            control, self._actions, counters, up, handoff, ready, self._end
         )
+        builtins = {control.transfer_tool: handoff.function_call} if control.transfer_tool else {}
+        self._tools = tools = Tools(
+            config, self._actions, counters, up, drained, self._end, builtins
+        )
+        self._resume: Resume | None = None
         self._settings_text = ""
         self._request_id = ""
         self._clock = clock = Clock(now)
         hooks = Hooks(lambda: self.finished, self._abort_open_legs, self._end, self._no_welcome)
-        self._timers = call_timers(config, clock, up, tools, hooks)
+        self._timers = call_timers(config, clock, up, tools, hooks, (handoff, watch, keypad))
         self._twilio_handlers: dict[object, _Handler] = {
             "connected": lambda message, now: None,  # it carries nothing the call needs
             "start": self._on_start,
             "mark": self._on_mark,
-            "dtmf": self._on_dtmf,
+            "dtmf": lambda message, now: keypad.press(message, now),
             "stop": lambda message, now: self._hang_up("the caller hung up (stop)", now),
         }
         self._agent_handlers: dict[object, _Handler] = {
             "Welcome": self._on_welcome,
             "SettingsApplied": self._on_settings_applied,
-            "UserStartedSpeaking": lambda message, now: self._open_downlink().barge_in(),
+            "UserStartedSpeaking": self._on_user_started_speaking,
+            "ConversationText": self._on_conversation_text,
             "AgentAudioDone": lambda message, now: self._open_downlink().audio_done(),
             "Error": lambda message, now: self._end(
                 EndReason.AGENT_ERROR, _agent.error_detail(message), now
@@ -244,6 +269,7 @@ class CallBridge:
         downlink = self._downlink
         assert downlink is not None  # READY implies Twilio's start was seen
         downlink.audio(audio)
+        self._watch.agent_active(now)
 
     def agent_closed(self, code: int | None, now: float, reason: str = "") -> None:
         """The agent leg is gone, or could not be opened (``reason`` says why)."""
@@ -268,6 +294,13 @@ class CallBridge:
         if self._ended is None:
             self._end(reason, detail, now)
 
+    def redirected(self, ok: bool, detail: str, now: float) -> None:
+        """The driver's report on :class:`TransferCall` or :class:`FallbackCall`: the call
+        update succeeded (``ok``), or why not. A failed transfer leaves the call with the
+        agent; a done redirect ends the call (Twilio stops the stream as well)."""
+        if self._ended is None:
+            self._handoff.redirected(ok, detail, now)
+
     # ------------------------------------------------------------------ events
 
     def _on_start(self, message: dict[str, Any], now: float) -> None:
@@ -284,11 +317,16 @@ class CallBridge:
         if refusal is not None:
             self._fail(Peer.TWILIO, f"call refused: {refusal}", 1008, now)
             return
+        resume = self.config.control.resume
+        self._resume = resume(start.call_sid, start.parameters) if resume is not None else None
+        self._watch.started(now)
         self.stream_sid = start.stream_sid
         self.custom_parameters = start.parameters
         self._twilio_state = TwilioState.STREAMING
         self._downlink = Downlink(start.stream_sid, self._playback, self._actions)
-        self._settings_text = _agent.settings_text(self.config.settings, start.parameters)
+        self._settings_text = _agent.settings_text(
+            self.config.settings, start.parameters, self._resume
+        )
         self._actions.append(
             CallStarted(start.stream_sid, start.call_sid, start.account_sid, start.parameters)
         )
@@ -301,11 +339,22 @@ class CallBridge:
         echo = self._downlink.echoed(name) if self._downlink and type(name) is str else None
         if echo is None:
             self._ignore(Peer.TWILIO, "echo of a mark never sent")
-        elif echo.last:
+            return
+        self._watch.agent_active(now)
+        if echo.last:
             self._tools.reply_played(now)
+            self._handoff.reply_played(now)
 
-    def _on_dtmf(self, message: dict[str, Any], now: float) -> None:
-        self._uplink.dtmf(message, now, self._agent_state is AgentState.READY)
+    def _on_user_started_speaking(self, message: dict[str, Any], now: float) -> None:
+        self._open_downlink().barge_in()
+        self._watch.user_spoke(now)
+        self._handoff.barge_in(now)
+
+    def _on_conversation_text(self, message: dict[str, Any], now: float) -> None:
+        notice = _agent.notice("ConversationText", message)
+        self._actions.append(notice)
+        assert isinstance(notice, Transcript)
+        self._watch.transcript(notice.role, notice.content, now)
 
     def _on_welcome(self, message: dict[str, Any], now: float) -> None:
         self._request_id = _agent.request_id(message)
@@ -357,7 +406,24 @@ class CallBridge:
         self._end(EndReason.PROTOCOL_ERROR, message, now)
 
     def _end(self, reason: EndReason, detail: str, now: float) -> None:
+        """End the call, unless a redirect takes the end over (a transfer in flight, or the
+        fallback of an agent failure while the caller is still on the stream)."""
+        error = self._error
+        agent_failed = self._twilio_state is TwilioState.STREAMING and (
+            reason in _AGENT_FAILURES
+            or (
+                reason is EndReason.PROTOCOL_ERROR
+                and error is not None
+                and error.peer is Peer.AGENT
+            )
+        )
+        if not self._handoff.takes_over(reason, detail, agent_failed, now):
+            self._close(reason, detail, now)
+
+    def _close(self, reason: EndReason, detail: str, now: float) -> None:
         """End the call exactly once: withdraw tools, report, then close both legs."""
+        if self._ended is not None:
+            return
         self._tools.withdraw_all()
         self._ended = CallEnded(reason, detail, self.stats())
         self._clock.ended = now

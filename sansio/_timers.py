@@ -14,9 +14,12 @@ from dataclasses import dataclass
 
 from ._actions import EndReason
 from ._config import BridgeConfig
+from ._keypad import Keypad
 from ._state import ENDED, AgentState
 from ._tools import Tools
+from ._transfer import Handoff
 from ._uplink import Uplink
+from ._watch import Watch
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +89,16 @@ class Hooks:
 
 
 def call_timers(
-    config: BridgeConfig, clock: Clock, uplink: Uplink, tools: Tools, hooks: Hooks
+    config: BridgeConfig,
+    clock: Clock,
+    uplink: Uplink,
+    tools: Tools,
+    hooks: Hooks,
+    control: tuple[Handoff, Watch, Keypad],
 ) -> Timers:
     """The timers of one call. The call's end disarms all but ``close``."""
     c, S = config, AgentState
+    handoff, watch, keypad = control
 
     def timeout(detail: str) -> Callable[[float], None]:
         return lambda now: hooks.end(EndReason.TIMEOUT, detail, now)
@@ -129,5 +138,9 @@ def call_timers(
             Timer("chunk", {S.READY}, uplink.chunk_due, lambda now: uplink.flush()),
             Timer("keepalive", {S.READY}, uplink.keepalive_due, uplink.keepalive),
             Timer("hangup", {S.READY}, tools.hangup_due, tools.hangup_deadline),
+            Timer("handoff", set(S), handoff.due, handoff.fire),
+            Timer("silence", {S.READY}, watch.silence_due, watch.silence),
+            Timer("max_duration", set(S), watch.duration_due, watch.duration),
+            Timer("dtmf_collect", set(S), keypad.due, keypad.fire),
         )
     )

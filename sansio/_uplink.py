@@ -8,14 +8,11 @@ both. Afterwards audio leaves in whole chunks, a partial chunk when its deadline
 
 from __future__ import annotations
 
-from typing import Any
-
 from ._actions import Action, Dtmf, SendAgentAudio, SendAgentText
 from ._agent import KEEPALIVE, inject_user_message
 from ._config import BridgeConfig
 from ._counters import Counters
 from ._errors import Peer
-from ._twilio import Oddity, dtmf_digit
 
 MAX_HELD_DTMF = 32
 
@@ -81,14 +78,13 @@ class Uplink:
             del pending[:excess]
             self._counters.preroll_dropped_bytes += excess
 
-    def dtmf(self, message: dict[str, Any], now: float, ready: bool) -> None:
-        """A key the caller pressed, told to the agent (held until ``ready``, up to a bound)."""
-        digit = dtmf_digit(message)
-        if isinstance(digit, Oddity):
-            self._counters.ignore(Peer.TWILIO, digit.detail)
-            return
+    def key(self, digit: str, now: float, ready: bool) -> None:
+        """A key the caller pressed, told to the agent as it is pressed."""
         self._actions.append(Dtmf(digit))
-        text = inject_user_message(self._dtmf_template.replace("{digit}", digit))
+        self.tell(inject_user_message(self._dtmf_template.replace("{digit}", digit)), now, ready)
+
+    def tell(self, text: str, now: float, ready: bool) -> None:
+        """A keypad message for the agent, held until ``ready`` (up to a bound)."""
         if ready:
             self.send_text(text, now)
         elif len(self._held_texts) < MAX_HELD_DTMF:
