@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from sansio import Action, AgentState, Dtmf, PeerIgnored, SendAgentAudio, SendAgentText
 from sansio._counters import Counters
 from sansio._uplink import MAX_HELD_DTMF, Uplink
 
-from .helpers import Call, agent, agent_audio_of, agent_texts, config, twilio_dtmf, twilio_media
+from .helpers import Call, agent, agent_audio_of, agent_texts, config, twilio_media
 
 
 def make(**overrides: object) -> tuple[Uplink, list[Action], Counters]:
@@ -50,7 +48,7 @@ def test_a_partial_chunk_waits_for_its_deadline_then_flushes() -> None:
 def test_dtmf_is_held_up_to_a_bound_before_ready() -> None:
     up, actions, counters = make()
     for _ in range(MAX_HELD_DTMF + 1):
-        up.dtmf(json.loads(twilio_dtmf("5")), 0.0, ready=False)
+        up.key("5", 0.0, ready=False)
     assert actions.count(Dtmf("5")) == MAX_HELD_DTMF + 1
     assert PeerIgnored("twilio", "dtmf beyond what is held before the agent is ready") in actions
     assert counters.ignored_messages == 1
