@@ -28,6 +28,7 @@ from server.options import ServerOptions, StartupError
 from server.records.store import RecordsError, open_store
 from server.tools import ToolRegistry
 from server.twilio_leg import TwilioLeg
+from server.twilio_rest import TwilioRestClient
 
 log = logging.getLogger("server")
 
@@ -58,8 +59,10 @@ class Server:
             self.records = open_store(options.records, options.records_retention_days)
         except RecordsError as exc:
             raise StartupError(str(exc)) from None
+        # One Twilio REST client (a connection pool) for every call: transfers and fallbacks.
+        self.twilio = TwilioRestClient(options.twilio) if options.twilio is not None else None
         self._call_context = CallContext(
-            self.loop, options, self.metrics, self.tools, self.agent_url, self.records
+            self.loop, options, self.metrics, self.tools, self.agent_url, self.records, self.twilio
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -173,6 +176,8 @@ class Server:
         if self._stop_local_agent is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._stop_local_agent(), 2.0)
+        if self.twilio is not None:
+            await self.twilio.aclose()
         if self.records is not None:  # what the calls queued is written before we return
             await asyncio.to_thread(self.records.close)
 

@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_call_control(p: argparse.ArgumentParser) -> None:
-    """Transfers, keypad and safety rules, the fallback, silence and length (docs/call-control.md)."""
+    """Transfers, keypad and safety rules, fallback, silence and length (docs/call-control.md)."""
     g = p.add_argument_group("call control (docs/call-control.md)")
     add = g.add_argument
     add("--transfer-target", action="append", default=[], metavar="NAME=NUMBER",
@@ -305,6 +305,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if tools.tools:
             log.info("client-side tools: %s", ", ".join(sorted(tools.tools)))
+        if options.twilio is None:
+            log.warning(
+                "no Twilio REST credentials (TWILIO_AUTH_TOKEN or TWILIO_API_KEY/SECRET): "
+                "no transfer and no fallback is possible; a failed call is hung up"
+            )
         return run(options, tools, args_list)
 
     return _guarded(body)

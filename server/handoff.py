@@ -116,7 +116,8 @@ def resume_hook(key: str) -> Any:
             return None
         if not 0 <= time.time() - data["at"] <= RESUME_MAX_AGE:
             return None
-        history = data.get("h") if isinstance(data.get("h"), list) else []
+        history = data.get("h")
+        history = history if isinstance(history, list) else []
         target = str(data.get("t", "")).replace("_", " ")
         outcome = FAILED_DIALS.get(str(data.get("s")), "couldn't be reached")
         greeting = (

@@ -63,6 +63,10 @@ class Metrics:
         self.undecodable_media = 0
         self.ignored_messages = 0
         self.tool_errors = 0
+        self.transfers = 0  # call control (docs/call-control.md)
+        self.fallbacks = 0
+        self.redirect_failures = 0
+        self.stream_errors = 0
         self.http_responses: dict[int, int] = {}
         self.added_latency = Histogram(LATENCY_BUCKETS)
 
@@ -123,6 +127,14 @@ class Metrics:
                [("", self.tool_calls)])
         metric("tool_errors_total", "counter", "Tool calls that failed, timed out or were unknown.",
                [("", self.tool_errors)])
+        metric("transfers_total", "counter", "Transfers placed (call updated with a <Dial>).",
+               [("", self.transfers)])
+        metric("fallbacks_total", "counter", "Calls redirected to the fallback.",
+               [("", self.fallbacks)])
+        metric("redirect_failures_total", "counter", "Transfer or fallback updates that failed.",
+               [("", self.redirect_failures)])
+        metric("stream_errors_total", "counter", "stream-error events of stream status callbacks.",
+               [("", self.stream_errors)])
         metric("http_responses_total", "counter", "HTTP responses sent, by status code.",
                [(f'{{code="{c}"}}', n) for c, n in sorted(self.http_responses.items())])
 

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from xml.sax.saxutils import escape, quoteattr
 
 BUSY_MESSAGE = "All our lines are busy right now. Please call again in a few minutes. Goodbye."
-FALLBACK_MESSAGE = "I'm sorry, our assistant is not available right now. Please hold while I connect you."
+FALLBACK_MESSAGE = (
+    "I'm sorry, our assistant is not available right now. Please hold while I connect you."
+)
 _HEAD = '<?xml version="1.0" encoding="UTF-8"?>'
 
 
@@ -21,7 +23,7 @@ def twiml_stream(
         for name, value in parameters
     )
     callback = (
-        f" statusCallback={quoteattr(status_callback)} statusCallbackMethod=\"POST\""
+        f' statusCallback={quoteattr(status_callback)} statusCallbackMethod="POST"'
         if status_callback
         else ""
     )
