@@ -87,11 +87,12 @@ class Handoff:
         arguments = call.arguments or {}
         target, reason = arguments.get("target"), arguments.get("reason")
         reason = reason if type(reason) is str else ""
+        number = self._number(target)
         names = ", ".join(sorted(self._control.targets)) or "(none configured)"
         answer: dict[str, object]
         if self.busy:
             answer = {"error": "a transfer or goodbye is already under way"}
-        elif type(target) is not str or target not in self._control.targets:
+        elif number is None or type(target) is not str:
             shown = str(target)[:40]
             answer = {"error": f"unknown transfer target {shown!r}; the targets are: {names}"}
         else:
@@ -101,7 +102,7 @@ class Handoff:
                 f" to {target}. The transfer starts when you have finished speaking.",
             }
             self.after_announcement(
-                lambda at: self._transfer(target, reason, at), target, True, now
+                lambda at: self._transfer(target, number, reason, at), target, True, now
             )
         text = function_call_response(call.call_id, call.name, json.dumps(answer))
         self._uplink.send_text(text, now)
@@ -118,13 +119,18 @@ class Handoff:
 
     def transfer_now(self, target: str, reason: str, now: float) -> None:
         """A deterministic rule (a keypad key): no announcement, no agent turn."""
-        if self._redirect is None:
+        number = self._number(target)
+        if self._redirect is None and number is not None:
             self._pending = self._at = None
-            self._transfer(target, reason, now)
+            self._transfer(target, number, reason, now)
 
-    def _transfer(self, target: str, reason: str, now: float) -> None:
+    def _number(self, target: object) -> str | None:
+        """The number of a configured target name; anything else (a number too) is unknown."""
+        return self._control.targets.get(target) if type(target) is str else None
+
+    def _transfer(self, target: str, number: str, reason: str, now: float) -> None:
         self._redirect = _Redirect(EndReason.TRANSFER, f"transferred to {target}", now, target)
-        self._actions.append(TransferCall(target, self._control.targets[target], reason))
+        self._actions.append(TransferCall(target, number, reason))
 
     # ------------------------------------------------------------------ events
 
