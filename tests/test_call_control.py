@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from websockets.asyncio.client import ClientConnection
@@ -32,7 +33,9 @@ from tests.server_support import (
     AgentSession,
     FakeAgent,
     caller,
+    http,
     mark,
+    post_form,
     recv_until,
     running_server,
     start,
@@ -346,3 +349,35 @@ def test_a_transfer_with_no_answer_resumes_the_call_with_its_history() -> None:
             assert "context" not in texts_of(plain, "Settings")[0]["agent"]
 
     run(main())
+
+
+# ---------------------------------------------------------------------- stream status
+
+
+def test_the_stream_asks_for_status_callbacks_and_a_stream_error_is_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        async with rig() as r:
+            base = f"http://127.0.0.1:{r.port}"
+            form = [("CallSid", CALL_SID), ("From", "+15550001")]
+            body = urlencode(form)
+            sig = compute_signature(TOKEN, f"{base}/incoming-call", form)
+            twiml = await http(
+                r.port, post_form("/incoming-call", body, extra=f"X-Twilio-Signature: {sig}\r\n")
+            )
+            assert f'statusCallback="{base}/stream-status"' in twiml.text
+            event = [("CallSid", CALL_SID), ("StreamSid", "MZ1"), ("StreamEvent", "stream-error"),
+                     ("StreamError", "31920 handshake failed")]  # fmt: skip
+            body = urlencode(event)
+            unsigned = await http(r.port, post_form("/stream-status", body))
+            assert unsigned.status == 403 and r.server.metrics.stream_errors == 0
+            sig = compute_signature(TOKEN, f"{base}/stream-status", event)
+            extra = f"X-Twilio-Signature: {sig}\r\n"
+            signed = await http(r.port, post_form("/stream-status", body, extra=extra))
+            assert signed.status == 200 and r.server.metrics.stream_errors == 1
+            assert "stream_errors_total 1" in r.server.metrics.render()
+
+    caplog.set_level(logging.WARNING)
+    run(main())
+    assert any("31920 handshake failed" in rec.getMessage() for rec in caplog.records)
