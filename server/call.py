@@ -137,7 +137,7 @@ class CallDriver:
             CancelTool: self._cancel_tool,
             CallStarted: self._on_call_started,
             CallEnded: self._on_call_ended,
-            Transcript: self._on_transcript,
+            Transcript: self._on_turn,
             BargeIn: self._on_barge_in,
             AgentWarning: self._on_agent_warning,
             PeerIgnored: self._on_peer_ignored,
@@ -459,8 +459,12 @@ class CallDriver:
             stats.ignored_messages,
         )
 
-    def _on_transcript(self, notice: Transcript) -> None:
+    def _on_turn(self, notice: Transcript) -> None:
+        """A line of the conversation: kept (bounded) for a transfer's resume, then logged."""
         self._turns.append((notice.role, notice.content))
+        self._on_transcript(notice)
+
+    def _on_transcript(self, notice: Transcript) -> None:
         if self._private:
             if self._debug:
                 log.debug(
