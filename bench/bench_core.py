@@ -47,7 +47,7 @@ def load_json(name: str) -> Any:
 
 def media_messages(count: int) -> list[str]:
     """Distinct Twilio media messages, exactly as Twilio sends them."""
-    clip = (ROOT / "server" / "peers" / "audio" / "caller-hello.ulaw").read_bytes()
+    clip = (ROOT / "peers" / "audio" / "caller-hello.ulaw").read_bytes()
     messages = []
     for i in range(count):
         start = (i * FRAME) % (len(clip) - FRAME)

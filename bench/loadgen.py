@@ -1,9 +1,10 @@
 """A lean load generator for whole-call benchmarks: N Twilio callers and one agent server.
 
-The `websockets`-based peers in ``server/peers`` cost more CPU per call than the server they
+The `websockets`-based peers in ``peers`` cost more CPU per call than the server they
 would load, so one core of them cannot drive 100 real-time calls. This module speaks the same wire
-protocols with hand-rolled RFC 6455 framing on asyncio Protocols, one shared clock per side,
-and pre-built messages, so that the load generator costs far less than the server it loads.
+protocols with hand-rolled RFC 6455 framing (:mod:`peers.frames`) on asyncio Protocols, one
+shared clock per side, and pre-built messages, so that the load generator costs far less than the
+server it loads.
 
 Every caller frame and every agent chunk carries a tag (a magic prefix and a global id) at
 the start of its audio, so latency is measured end to end in this one process:
@@ -14,84 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import re
-import struct
 import time
 from binascii import a2b_base64
 from dataclasses import dataclass, field
 
-from websockets.speedups import apply_mask
+from peers.frames import FrameReader, accept_key, client_frame, server_frame
 
 MAGIC = b"\xa5\x5a"
 FRAME = 160  # 20 ms of mu-law
 AGENT_CHUNK = 480  # 60 ms of mu-law
 FILLER = b"\x7f" * AGENT_CHUNK
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-ZERO_MASK = b"\x00\x00\x00\x00"  # a valid mask key that leaves the payload as it is
 _CALLER_ID = re.compile(rb"bench-(\d+)")
 PHASES = 10  # callers (and agent sessions) are spread over this many phases of a period
-
-
-def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """A masked, unfragmented frame, as a client must send."""
-    size = len(payload)
-    if size < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
-    elif size < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
-    return head + ZERO_MASK + payload
-
-
-def server_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """An unmasked, unfragmented frame, as a server sends."""
-    size = len(payload)
-    if size < 126:
-        return struct.pack("!BB", 0x80 | opcode, size) + payload
-    if size < 65536:
-        return struct.pack("!BBH", 0x80 | opcode, 126, size) + payload
-    return struct.pack("!BBQ", 0x80 | opcode, 127, size) + payload
-
-
-class FrameReader:
-    """Incremental frame parser; yields (opcode, payload). Fragments are not expected."""
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        buffer = self.buffer
-        buffer += data
-        out = []
-        while len(buffer) >= 2:
-            first, second = buffer[0], buffer[1]
-            size = second & 0x7F
-            offset = 2
-            if size == 126:
-                if len(buffer) < 4:
-                    break
-                size = struct.unpack_from("!H", buffer, 2)[0]
-                offset = 4
-            elif size == 127:
-                if len(buffer) < 10:
-                    break
-                size = struct.unpack_from("!Q", buffer, 2)[0]
-                offset = 10
-            masked = second & 0x80
-            end = offset + (4 if masked else 0) + size
-            if len(buffer) < end:
-                break
-            if masked:
-                mask = bytes(buffer[offset : offset + 4])
-                payload = apply_mask(bytes(buffer[offset + 4 : end]), mask)
-            else:
-                payload = bytes(buffer[offset:end])
-            del buffer[:end]
-            out.append((first & 0x0F, payload))
-        return out
 
 
 @dataclass
@@ -108,16 +45,19 @@ class Stats:
     barge_in_ms: list[float] = field(default_factory=list)
     tick_lateness_ms: list[float] = field(default_factory=list)
     uss_sent: dict[int, float] = field(default_factory=dict)
+    barge_ins_sent: int = 0  # while recording: how many clears the callers should see
 
     def reset_window(self) -> None:
+        self.barge_ins_sent = 0
         self.inbound_ms.clear()
         self.outbound_ms.clear()
         self.barge_in_ms.clear()
         self.tick_lateness_ms.clear()
 
 
-class Caller(asyncio.Protocol):
-    """One simulated Twilio media stream."""
+class LeanCaller(asyncio.Protocol):
+    """One simulated Twilio media stream, pre-serialised (``peers.caller.TwilioCaller`` is the
+    full caller; on websockets it costs more CPU per call than the bridge it would load)."""
 
     def __init__(self, bench: Load, index: int, path: str) -> None:
         self.bench = bench
@@ -252,8 +192,9 @@ class Caller(asyncio.Protocol):
             self.transport.write(client_frame(json.dumps(stop).encode()))
 
 
-class AgentSession(asyncio.Protocol):
-    """One agent connection from the bridge: Welcome, SettingsApplied, then speech."""
+class LeanAgent(asyncio.Protocol):
+    """One agent connection from the bridge: Welcome, SettingsApplied, then tagged speech
+    (``peers.agent.LocalAgent`` is the full agent; this is its cheapest subset, for load)."""
 
     def __init__(self, bench: Load) -> None:
         self.bench = bench
@@ -283,7 +224,7 @@ class AgentSession(asyncio.Protocol):
             if match is None:
                 self.transport.close()
                 return
-            accept = base64.b64encode(hashlib.sha1(match.group(1) + GUID).digest())
+            accept = accept_key(match.group(1))
             self.transport.write(
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 b"Sec-WebSocket-Accept: "
@@ -327,7 +268,10 @@ class AgentSession(asyncio.Protocol):
 
     def barge_in(self, now: float) -> None:
         if self.transport is not None and self.caller is not None:
-            self.bench.stats.uss_sent[self.caller] = now
+            stats = self.bench.stats
+            stats.uss_sent[self.caller] = now
+            if stats.recording:
+                stats.barge_ins_sent += 1
             self.transport.write(server_frame(b'{"type":"UserStartedSpeaking"}'))
 
 
@@ -339,8 +283,8 @@ class Load:
         self.bridge_port = bridge_port
         self.barge_in_every = barge_in_every
         self.stats = Stats()
-        self.callers: list[Caller] = []
-        self.agent_sessions: set[AgentSession] = set()
+        self.callers: list[LeanCaller] = []
+        self.agent_sessions: set[LeanAgent] = set()
         self.errors: list[str] = []
         self.server: asyncio.Server | None = None
         self._next_frame_id = 0
@@ -350,7 +294,7 @@ class Load:
         self._running = False
 
     async def start_agent(self) -> int:
-        self.server = await self.loop.create_server(lambda: AgentSession(self), "127.0.0.1", 0)
+        self.server = await self.loop.create_server(lambda: LeanAgent(self), "127.0.0.1", 0)
         port: int = self.server.sockets[0].getsockname()[1]
         return port
 
@@ -358,7 +302,7 @@ class Load:
         for _ in range(count):
             index = len(self.callers)
             _, caller = await self.loop.create_connection(
-                lambda i=index: Caller(self, i, "/media-stream"), "127.0.0.1", self.bridge_port
+                lambda i=index: LeanCaller(self, i, "/media-stream"), "127.0.0.1", self.bridge_port
             )
             self.callers.append(caller)
             await asyncio.sleep(over / max(1, count))

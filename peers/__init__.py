@@ -1,4 +1,6 @@
 """Local stand-ins for the services the bridge talks to, sharing no code with the bridge.
 
-``peers.twilio_api``: Twilio's REST Calls resource, with simulated call play-out.
+``caller.TwilioCaller`` plays Twilio Media Streams, ``agent.LocalAgent`` plays the Deepgram Voice
+Agent API v1, ``twilio_api`` plays Twilio's REST Calls resource with simulated call play-out, and
+``audio`` holds their pure-Python audio helpers. Nothing here imports ``sansio`` or ``server``.
 """

@@ -43,17 +43,34 @@ from ._actions import (
 )
 from ._bridge import CallBridge
 from ._callcontrol import CallControl, Resume, SafetyRule
-from ._config import BridgeConfig, fill_placeholders, validate_settings
+from ._config import PREROLL_POLICIES, BridgeConfig, fill_placeholders, validate_settings
+from ._control import BEHAVIORS
 from ._errors import BridgeError, ConfigError, LocalProtocolError, Peer, RemoteProtocolError
+from ._notices import (
+    AgentReconnected,
+    AgentReconnecting,
+    AgentUpdated,
+    FrustrationDetected,
+    FunctionCallsCancelled,
+    InjectionDropped,
+    InjectionRefused,
+    ServerFunctionResult,
+    ThinkProviderMessage,
+)
 from ._state import AgentState, TwilioState
 
 __all__ = [
+    "BEHAVIORS",
+    "PREROLL_POLICIES",
     "Action",
     "AgentNotice",
     "AgentReady",
+    "AgentReconnected",
+    "AgentReconnecting",
     "AgentStartedSpeaking",
     "AgentState",
     "AgentThinking",
+    "AgentUpdated",
     "AgentWarning",
     "BargeIn",
     "BridgeConfig",
@@ -71,7 +88,11 @@ __all__ = [
     "Dtmf",
     "EndReason",
     "FallbackCall",
+    "FrustrationDetected",
+    "FunctionCallsCancelled",
     "History",
+    "InjectionDropped",
+    "InjectionRefused",
     "KeypadEntry",
     "LatencyReport",
     "LocalProtocolError",
@@ -90,6 +111,8 @@ __all__ = [
     "SendTwilioMark",
     "SendTwilioMedia",
     "SendTwilioText",
+    "ServerFunctionResult",
+    "ThinkProviderMessage",
     "Transcript",
     "TransferCall",
     "TransferCancelled",

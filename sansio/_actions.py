@@ -165,6 +165,8 @@ class CallStats:
     barge_ins: int = 0
     replies: int = 0
     keepalives: int = 0
+    injections_dropped: int = 0
+    agent_reconnects: int = 0
 
 
 @dataclass(frozen=True, slots=True)

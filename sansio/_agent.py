@@ -21,56 +21,21 @@ from ._actions import (
     Notice,
     Transcript,
 )
-from ._callcontrol import Resume
 from ._config import fill_placeholders
+from ._notices import AgentUpdated, FrustrationDetected, ServerFunctionResult, ThinkProviderMessage
 
 KEEPALIVE = '{"type":"KeepAlive"}'
 
 
-def settings_text(
-    settings: Mapping[str, Any], parameters: Mapping[str, str], resume: Resume | None = None
-) -> str:
+def call_settings(settings: Mapping[str, Any], parameters: Mapping[str, str]) -> dict[str, Any]:
     """The ``Settings`` message of one call, its placeholders filled from Twilio's start."""
-    filled = fill_placeholders(settings, parameters)
-    return json.dumps(filled if resume is None else seed_history(filled, resume))
+    filled: dict[str, Any] = fill_placeholders(settings, parameters)
+    return filled
 
 
-def seed_history(settings: dict[str, Any], resume: Resume) -> dict[str, Any]:
-    """``settings`` for a call resumed after a failed transfer: the conversation so far in
-    ``agent.context.messages`` (after any the config seeds) and the resume line as greeting.
-
-    MERGE NOTE (call control): the protocol branch seeds reconnects the same way
-    (``_history.Conversation.reconnect_settings``); unify the two at merge.
-    """
-    agent = settings.get("agent")
-    if not isinstance(agent, dict):
-        return settings  # a stored agent id: nothing to seed
-    context = agent.get("context")
-    context = dict(context) if isinstance(context, Mapping) else {}
-    seeded = context.get("messages")
-    context["messages"] = [*(seeded if isinstance(seeded, list) else []), *resume.history]
-    return {**settings, "agent": {**agent, "context": context, "greeting": resume.greeting}}
-
-
-def inject_user_message(content: str) -> str:
-    return json.dumps({"type": "InjectUserMessage", "content": content})
-
-
-def inject_agent_message(content: str, *, interrupt: bool = False) -> str:
-    """``InjectAgentMessage`` (v1 field ``message``); ``interrupt`` replaces current speech.
-
-    MERGE NOTE (call control): the protocol branch sends injections through its queue with
-    ``InjectionRefused`` retries (``_injections.agent_message``); route these through it.
-    """
-    body: dict[str, str] = {"type": "InjectAgentMessage", "message": content}
-    if interrupt:
-        body["behavior"] = "interrupt"
-    return json.dumps(body)
-
-
-def update_prompt(note: str) -> str:
-    """``UpdatePrompt``: v1 appends ``note`` to the prompt, a system note the caller never hears."""
-    return json.dumps({"type": "UpdatePrompt", "prompt": note})
+def client_message(kind: str, **fields: Any) -> str:
+    """A client message of the v1 spec (``fields`` already checked by the caller)."""
+    return json.dumps({"type": kind, **fields})
 
 
 def function_call_response(call_id: str, name: str, content: str) -> str:
@@ -125,12 +90,12 @@ def cancelled_ids(message: dict[str, Any]) -> list[str]:
 
 
 def request_id(message: dict[str, Any]) -> str:
-    return _text(message, "request_id")
+    return text(message, "request_id")
 
 
 def error_detail(message: dict[str, Any]) -> str:
-    code = _text(message, "code") or "UNKNOWN"
-    description = _text(message, "description") or _text(message, "message")
+    code = text(message, "code") or "UNKNOWN"
+    description = text(message, "description") or text(message, "message")
     return f"agent error {code}: {description}"
 
 
@@ -141,8 +106,8 @@ def notice(kind: object, message: dict[str, Any]) -> Notice:
 
 
 _NOTICES: dict[object, Callable[[dict[str, Any]], Notice]] = {
-    "ConversationText": lambda m: Transcript(_text(m, "role"), _text(m, "content")),
-    "AgentThinking": lambda m: AgentThinking(_text(m, "content")),
+    "ConversationText": lambda m: Transcript(text(m, "role"), text(m, "content")),
+    "AgentThinking": lambda m: AgentThinking(text(m, "content")),
     "AgentStartedSpeaking": lambda m: AgentStartedSpeaking(
         _number(m, "total_latency"), _number(m, "tts_latency"), _number(m, "ttt_latency")
     ),
@@ -150,11 +115,23 @@ _NOTICES: dict[object, Callable[[dict[str, Any]], Notice]] = {
         {k: float(v) for k, v in m.items() if type(v) is int or type(v) is float}
     ),
     "History": History,
-    "Warning": lambda m: AgentWarning(_text(m, "code"), _text(m, "description")),
+    "Warning": lambda m: AgentWarning(text(m, "code"), text(m, "description")),
+    "FunctionCallResponse": lambda m: ServerFunctionResult(
+        text(m, "id"), text(m, "name"), text(m, "content")
+    ),
+    "PromptUpdated": lambda m: AgentUpdated("prompt"),
+    "SpeakUpdated": lambda m: AgentUpdated("speak"),
+    "ThinkUpdated": lambda m: AgentUpdated("think"),
+    "ListenUpdated": lambda m: AgentUpdated("listen"),
+    "ThinkLiveUpdated": lambda m: AgentUpdated("think_live"),
+    "FrustrationDetected": lambda m: FrustrationDetected(
+        int(_number(m, "count") or 0), m.get("escalated") is True
+    ),
+    "__customFromThinkProvider": lambda m: ThinkProviderMessage(m.get("content")),
 }
 
 
-def _text(message: Mapping[str, Any], key: str) -> str:
+def text(message: Mapping[str, Any], key: str) -> str:
     value = message.get(key)
     return value if type(value) is str else ""
 

@@ -5,7 +5,8 @@ any monotonic clock). Outputs are drained with :meth:`CallBridge.actions`; the d
 re-reads :meth:`CallBridge.next_deadline` and calls :meth:`CallBridge.handle_timeout` when it
 passes. Nothing here reads a clock or touches a socket.
 
-This module keeps the legs' states, the dispatch and the end and fail paths; the rest is
+This module keeps the legs' states, the Twilio side, the dispatch and the end and fail paths;
+the agent side is :mod:`._agent_side`, the control inputs :mod:`._control`, and the rest is
 composed in (see the package's modules), as aioquic and h11 do.
 """
 
@@ -17,7 +18,6 @@ from typing import Any
 from . import _agent, _twilio
 from ._actions import (
     Action,
-    AgentReady,
     CallEnded,
     CallStarted,
     CallStats,
@@ -26,35 +26,37 @@ from ._actions import (
     EndReason,
     OpenAgent,
     ReplyPlayback,
-    Transcript,
 )
+from ._agent_side import AgentSide, Handler
 from ._callcontrol import Resume
 from ._config import BridgeConfig
+from ._control import Control, ControlInputs, Phase
 from ._counters import Counters
 from ._downlink import Downlink
 from ._errors import LocalProtocolError, Peer, RemoteProtocolError, close_reason, decode_object
+from ._failover import Failover
+from ._history import Conversation
+from ._injections import Injections
 from ._keypad import Keypad
 from ._playback import MAX_PENDING_MARKS, AgentPlayback
+from ._speech import Speech
 from ._state import AGENT_OPEN, ENDED, AgentState, TwilioState
 from ._timers import Clock, Hooks, call_timers
 from ._tools import Tools
 from ._transfer import Handoff
 from ._twilio import Oddity
-from ._uplink import MAX_HELD_DTMF, Uplink
+from ._uplink import Uplink
 from ._watch import Watch
 
-__all__ = ["MAX_HELD_DTMF", "MAX_PENDING_MARKS", "AgentState", "CallBridge", "TwilioState"]
+__all__ = ["MAX_PENDING_MARKS", "AgentState", "CallBridge", "TwilioState"]
 
-# Agent messages that only make sense once the agent is configured; before, they are ignored.
-_AFTER_SETTINGS = frozenset({"AgentAudioDone", "FunctionCallRequest"})
-_Handler = Callable[[dict[str, Any], float], None]
 # Ends that the fallback takes over (the caller is still there, the agent is not).
 _AGENT_FAILURES = frozenset(
     {EndReason.AGENT_ERROR, EndReason.AGENT_UNREACHABLE, EndReason.TIMEOUT, EndReason.SHUTDOWN}
 )
 
 
-class CallBridge:
+class CallBridge(AgentSide, ControlInputs):
     """Bridges one call. Create it when Twilio's WebSocket is accepted."""
 
     def __init__(self, config: BridgeConfig, *, now: float) -> None:
@@ -75,6 +77,15 @@ class CallBridge:
         self._playback = playback = AgentPlayback(config.mark_interval_ms * 8, counters)
         self._marks = playback.marks  # the marks awaiting their echo, for tests to fill
         self._downlink: Downlink | None = None  # from Twilio's start
+        self._settings: dict[str, Any] = {}  # this call's, from Twilio's start
+        self._resume: Resume | None = None  # from Twilio's start, for a resumed call
+        self._request_id = ""
+        self._conversation = Conversation(config.history_limit)
+        self._injections = inj = Injections(config.injection_limit, up, counters, self._actions)
+        self._control = Control(up, inj, self._control_phase)
+        self._failover = failover = Failover(config)
+        self._configured = False  # a first SettingsApplied came: failures reconnect from now
+        self._clock = clock = Clock(now)
         control = config.control
 
         def drained() -> bool:
@@ -83,39 +94,46 @@ class CallBridge:
         def ready() -> bool:
             return self._agent_state is AgentState.READY
 
-        self._handoff = handoff = Handoff(control, self._actions, up, drained, ready, self._close)
-        self._watch = watch = Watch(control, up, handoff, drained, ready, self._end)
+        speech = Speech(inj, self._control, ready)
+        self._handoff = handoff = Handoff(control, self._actions, up, drained, speech, self._close)
+        self._watch = watch = Watch(control, speech, handoff, drained, self._end)
         self._keypad = keypad = Keypad(
-            control, self._actions, counters, up, handoff, ready, self._end
+            control, config.dtmf_template, self._actions, counters, speech, handoff, self._end
         )
         builtins = {control.transfer_tool: handoff.function_call} if control.transfer_tool else {}
         self._tools = tools = Tools(
             config, self._actions, counters, up, drained, self._end, builtins
         )
-        self._resume: Resume | None = None
-        self._settings_text = ""
-        self._request_id = ""
-        self._clock = clock = Clock(now)
-        hooks = Hooks(lambda: self.finished, self._abort_open_legs, self._end, self._no_welcome)
-        self._timers = call_timers(config, clock, up, tools, hooks, (handoff, watch, keypad))
-        self._twilio_handlers: dict[object, _Handler] = {
+        hooks = Hooks(
+            lambda: self.finished,
+            self._abort_open_legs,
+            self._end,
+            self._no_welcome,
+            self._agent_failed,
+            self._reconnect,
+        )
+        control_timers = (handoff, watch, keypad)
+        self._timers = call_timers(config, clock, up, tools, failover, hooks, control_timers)
+        self._twilio_handlers: dict[object, Handler] = {
             "connected": lambda message, now: None,  # it carries nothing the call needs
             "start": self._on_start,
             "mark": self._on_mark,
             "dtmf": lambda message, now: keypad.press(message, now),
             "stop": lambda message, now: self._hang_up("the caller hung up (stop)", now),
         }
-        self._agent_handlers: dict[object, _Handler] = {
+        self._agent_handlers: dict[object, Handler] = {
             "Welcome": self._on_welcome,
             "SettingsApplied": self._on_settings_applied,
             "UserStartedSpeaking": self._on_user_started_speaking,
-            "ConversationText": self._on_conversation_text,
-            "AgentAudioDone": lambda message, now: self._open_downlink().audio_done(),
-            "Error": lambda message, now: self._end(
+            "AgentAudioDone": self._on_audio_done,
+            "Error": lambda message, now: self._agent_failed(
                 EndReason.AGENT_ERROR, _agent.error_detail(message), now
             ),
             "FunctionCallRequest": tools.request,
             "FunctionCallCancelled": lambda message, now: tools.cancel(message),
+            "ConversationText": self._on_conversation_text,
+            "History": self._on_history,
+            "InjectionRefused": lambda message, now: inj.refused(_agent.text(message, "message")),
         }
 
     # ------------------------------------------------------------------ outputs and state
@@ -230,61 +248,6 @@ class CallBridge:
             how = "without a close frame" if code is None else f"with code {code}"
             self._hang_up(f"Twilio closed the stream {how}", now)
 
-    # ------------------------------------------------------------------ agent inputs
-
-    def agent_connected(self, now: float) -> None:
-        """The agent WebSocket asked for by :class:`OpenAgent` is open."""
-        if self._agent_state is not AgentState.CONNECTING:
-            raise LocalProtocolError(f"agent_connected() in agent state {self._agent_state.value}")
-        self._agent_state = AgentState.AWAITING_WELCOME
-        self._clock.agent_connected = now
-        self._uplink.connected(now)
-
-    def agent_text(self, text: str, now: float) -> None:
-        """One text message from the agent."""
-        self._check_agent_open("agent_text")
-        if self._ended is not None:
-            return
-        message = decode_object(self._loads, text)
-        if type(message) is not dict:
-            self._fail(Peer.AGENT, f"the agent sent {message}", 1007, now)
-            return
-        kind = message.get("type")
-        handler = self._agent_handlers.get(kind) if type(kind) is str else None
-        if handler is None:
-            self._actions.append(_agent.notice(kind, message))
-        elif kind in _AFTER_SETTINGS and self._agent_state is not AgentState.READY:
-            self._ignore(Peer.AGENT, f"{kind} before SettingsApplied")
-        else:
-            handler(message, now)
-
-    def agent_audio(self, audio: bytes, now: float) -> None:
-        """One binary message (agent speech, mu-law) from the agent."""
-        self._check_agent_open("agent_audio")
-        if self._ended is not None or not audio:
-            return
-        if self._agent_state is not AgentState.READY:
-            self._fail(Peer.AGENT, "the agent sent audio before SettingsApplied", 1008, now)
-            return
-        downlink = self._downlink
-        assert downlink is not None  # READY implies Twilio's start was seen
-        downlink.audio(audio)
-        self._watch.agent_active(now)
-
-    def agent_closed(self, code: int | None, now: float, reason: str = "") -> None:
-        """The agent leg is gone, or could not be opened (``reason`` says why)."""
-        if self._agent_state in (AgentState.IDLE, AgentState.CLOSED):
-            return
-        was = self._agent_state
-        self._agent_state = AgentState.CLOSED
-        if self._ended is None:
-            why = f": {reason}" if reason else ""
-            if was is AgentState.CONNECTING:
-                self._end(EndReason.AGENT_UNREACHABLE, "could not connect to the agent" + why, now)
-            else:
-                how = "without a close frame" if code is None else f"with code {code}"
-                self._end(EndReason.AGENT_ERROR, f"the agent closed the connection {how}{why}", now)
-
     def tool_result(self, call_id: str, content: str, now: float) -> None:
         """The driver's answer to :class:`RunTool`; sent as ``FunctionCallResponse``."""
         self._tools.result(call_id, content, now)
@@ -324,9 +287,9 @@ class CallBridge:
         self.custom_parameters = start.parameters
         self._twilio_state = TwilioState.STREAMING
         self._downlink = Downlink(start.stream_sid, self._playback, self._actions)
-        self._settings_text = _agent.settings_text(
-            self.config.settings, start.parameters, self._resume
-        )
+        self._settings = _agent.call_settings(self.config.settings, start.parameters)
+        if self._resume is not None:
+            self._conversation.seed(self._resume.history)
         self._actions.append(
             CallStarted(start.stream_sid, start.call_sid, start.account_sid, start.parameters)
         )
@@ -350,55 +313,24 @@ class CallBridge:
         self._watch.user_spoke(now)
         self._handoff.barge_in(now)
 
-    def _on_conversation_text(self, message: dict[str, Any], now: float) -> None:
-        notice = _agent.notice("ConversationText", message)
-        self._actions.append(notice)
-        assert isinstance(notice, Transcript)
-        self._watch.transcript(notice.role, notice.content, now)
-
-    def _on_welcome(self, message: dict[str, Any], now: float) -> None:
-        self._request_id = _agent.request_id(message)
-        if self._agent_state is AgentState.AWAITING_WELCOME:
-            self._send_settings(now)
-
-    def _on_settings_applied(self, message: dict[str, Any], now: float) -> None:
-        if self._agent_state is not AgentState.CONFIGURING:
-            self._ignore(Peer.AGENT, "SettingsApplied that was not awaited")
-            return
-        self._agent_state = AgentState.READY
-        self._actions.append(AgentReady(self._request_id, self._uplink.held_bytes))
-        self._uplink.release(now)
-
     # ------------------------------------------------------------------ timers
 
     def _phase(self) -> Hashable:
         return ENDED if self._ended is not None else self._agent_state
 
-    def _no_welcome(self, now: float) -> None:
-        self._ignore(Peer.AGENT, "no Welcome; Settings sent anyway")
-        self._send_settings(now)
+    def _control_phase(self) -> Phase:
+        if self._ended is not None:
+            return "ended"
+        if not self._configured:
+            return "before"
+        return "ready" if self._agent_state is AgentState.READY else "reconnecting"
 
     # ------------------------------------------------------------------ plumbing
-
-    def _open_downlink(self) -> Downlink:
-        assert self._downlink is not None  # the agent leg exists only after Twilio's start
-        return self._downlink
-
-    def _send_settings(self, now: float) -> None:
-        self._agent_state = AgentState.CONFIGURING
-        self._uplink.send_text(self._settings_text, now)
-
-    def _check_agent_open(self, method: str) -> None:
-        if self._agent_state not in AGENT_OPEN:
-            raise LocalProtocolError(f"{method}() in agent state {self._agent_state.value}")
 
     def _tolerate(self, oddity: Oddity) -> None:
         self._ignore(Peer.TWILIO, oddity.detail, undecodable=oddity.undecodable)
 
     def _hang_up(self, detail: str, now: float) -> None:
-        """The caller is gone: send the audio still held, then end."""
-        if self._agent_state is AgentState.READY:
-            self._uplink.flush()
         self._end(EndReason.HANGUP, detail, now)
 
     def _fail(self, peer: Peer, message: str, close_code: int, now: float) -> None:
@@ -421,9 +353,12 @@ class CallBridge:
             self._close(reason, detail, now)
 
     def _close(self, reason: EndReason, detail: str, now: float) -> None:
-        """End the call exactly once: withdraw tools, report, then close both legs."""
+        """End the call exactly once: send the audio still held (however the call ends, the
+        caller's last words are the agent's), withdraw tools, report, then close both legs."""
         if self._ended is not None:
             return
+        if self._agent_state is AgentState.READY:
+            self._uplink.flush()
         self._tools.withdraw_all()
         self._ended = CallEnded(reason, detail, self.stats())
         self._clock.ended = now
@@ -433,7 +368,10 @@ class CallBridge:
         if self._twilio_state is not TwilioState.CLOSED:
             code = error.close_code if error and error.peer is Peer.TWILIO else 1000
             self._actions.append(CloseTwilio(code, text))
-        if self._agent_state is AgentState.IDLE:
+        state = self._agent_state
+        if state is AgentState.IDLE or (
+            state is AgentState.RECONNECTING and self._failover.leg_gone
+        ):
             self._agent_state = AgentState.CLOSED
         elif self._agent_state is not AgentState.CLOSED:
             code = error.close_code if error and error.peer is Peer.AGENT else 1000

@@ -14,6 +14,7 @@ from ._errors import ConfigError
 JsonLoads = Callable[[str], Any]
 Admit = Callable[[str, Mapping[str, str]], "str | None"]
 
+PREROLL_POLICIES = ("keep", "drop", "last")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -29,6 +30,14 @@ class BridgeConfig:
     any agent leg is opened: a returned string refuses the call (it ends as ``protocol_error``
     with close code 1008). It is the driver's hook for per-call authentication, such as a token
     the webhook put in the TwiML, so the core itself holds no keys.
+
+    ``preroll_policy`` says what of the caller audio held before the first ``SettingsApplied``
+    reaches the agent: ``keep`` (all of it), ``drop`` (none: an early "Hello?" would make the
+    agent's VAD cut its own greeting) or ``last`` (the newest ``preroll_last_ms``). Audio held
+    while the agent reconnects is always kept. ``injection_limit`` bounds the injections (keys
+    pressed, ``inject_*`` calls) waiting for the agent. ``agent_retries`` bounds the reconnects of
+    a call after a mid-call agent failure, each after ``agent_retry_backoff`` doubling;
+    ``history_limit`` the conversation entries a reconnect's Settings carry.
     """
 
     settings: Mapping[str, Any]
@@ -45,18 +54,28 @@ class BridgeConfig:
     hangup_timeout: float = 30.0
     end_call_tool: str | None = "end_call"
     dtmf_template: str = "The caller pressed the {digit} key on the phone keypad."
+    preroll_policy: str = "drop"
+    preroll_last_ms: int = 300
+    injection_limit: int = 32
+    agent_retries: int = 2
+    agent_retry_backoff: float = 0.5
+    history_limit: int = 100
     json_loads: JsonLoads = field(default=json.loads, compare=False)
     admit: Admit | None = field(default=None, compare=False)
     control: CallControl = field(default_factory=CallControl)
 
     def __post_init__(self) -> None:
         validate_settings(self.settings)
-        for name in ("chunk_ms", "preroll_ms"):
+        for name in ("chunk_ms", "preroll_ms", "injection_limit", "history_limit"):
             value = getattr(self, name)
             if type(value) is not int or value <= 0:
                 raise ConfigError(name, f"must be a positive integer, got {value!r}")
-        if type(self.mark_interval_ms) is not int or self.mark_interval_ms < 0:
-            raise ConfigError("mark_interval_ms", "must be a non-negative integer (0 disables)")
+        for name in ("mark_interval_ms", "preroll_last_ms", "agent_retries"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise ConfigError(name, f"must be a non-negative integer, got {value!r}")
+        if self.preroll_policy not in PREROLL_POLICIES:
+            raise ConfigError("preroll_policy", f"must be one of {', '.join(PREROLL_POLICIES)}")
         for name in (
             "keepalive_interval",
             "agent_connect_timeout",
@@ -66,6 +85,7 @@ class BridgeConfig:
             "close_timeout",
             "hangup_grace",
             "hangup_timeout",
+            "agent_retry_backoff",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
@@ -80,6 +100,13 @@ class BridgeConfig:
     @property
     def preroll_bytes(self) -> int:
         return self.preroll_ms * 8
+
+    @property
+    def preroll_release_bytes(self) -> int | None:
+        """How much held pre-roll the first ``SettingsApplied`` releases (None: all)."""
+        if self.preroll_policy == "keep":
+            return None
+        return self.preroll_last_ms * 8 if self.preroll_policy == "last" else 0
 
 
 def validate_settings(settings: object) -> None:

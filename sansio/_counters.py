@@ -17,9 +17,11 @@ class Counters:
         "_noticed",
         "agent_audio_bytes_received",
         "agent_audio_bytes_sent",
+        "agent_reconnects",
         "barge_ins",
         "caller_audio_bytes",
         "ignored_messages",
+        "injections_dropped",
         "keepalives",
         "preroll_dropped_bytes",
         "replies",
@@ -38,6 +40,8 @@ class Counters:
         self.barge_ins = 0
         self.replies = 0
         self.keepalives = 0
+        self.injections_dropped = 0
+        self.agent_reconnects = 0
 
     def snapshot(self) -> CallStats:
         return CallStats(
@@ -50,6 +54,8 @@ class Counters:
             barge_ins=self.barge_ins,
             replies=self.replies,
             keepalives=self.keepalives,
+            injections_dropped=self.injections_dropped,
+            agent_reconnects=self.agent_reconnects,
         )
 
     def ignore(self, peer: Peer, detail: str, *, undecodable: bool = False) -> None:

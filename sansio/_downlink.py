@@ -32,6 +32,11 @@ class Downlink:
         """The reply is complete: its last mark tells when the caller has heard it all."""
         self._actions.append(SendTwilioMark(self._encoder.mark(self.playback.audio_done())))
 
+    def end_reply(self) -> None:
+        """The agent leg failed mid-reply: end the reply there, so its marks still report."""
+        if self.playback.replying:
+            self.audio_done()
+
     def barge_in(self) -> None:
         """Always clear, whatever we believe is playing (reference §2.3)."""
         self._actions.append(ClearTwilio(self._encoder.clear))

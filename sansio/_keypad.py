@@ -7,41 +7,39 @@ agent turn. Gathered digits reach the agent once, and only their count is report
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from ._actions import Action, EndReason, KeypadEntry
-from ._agent import inject_user_message
+from ._actions import Action, Dtmf, EndReason, KeypadEntry
 from ._callcontrol import CallControl
 from ._counters import Counters
 from ._errors import Peer
+from ._speech import Speech
 from ._transfer import End, Handoff
 from ._twilio import Oddity, dtmf_digit
-from ._uplink import Uplink
 
 MAX_COLLECTED = 64
 
 
 class Keypad:
     __slots__ = ("_actions", "_control", "_counters", "_digits", "_end", "_handoff", "_last",
-                 "_ready", "_uplink")  # fmt: skip
+                 "_speech", "_template")  # fmt: skip
 
     def __init__(
         self,
         control: CallControl,
+        template: str,
         actions: list[Action],
         counters: Counters,
-        uplink: Uplink,
+        speech: Speech,
         handoff: Handoff,
-        ready: Callable[[], bool],
         end: End,
     ) -> None:
         self._control = control
         self._actions = actions
         self._counters = counters
-        self._uplink = uplink
+        self._template = template  # --dtmf-template: a key told as it is pressed
+        self._speech = speech
         self._handoff = handoff
-        self._ready = ready
         self._end = end
         self._digits: list[str] = []
         self._last = 0.0
@@ -59,7 +57,8 @@ class Keypad:
         elif action is not None:
             self._handoff.transfer_now(action.partition(":")[2], "keypad", now)
         elif not control.dtmf_collect:
-            self._uplink.key(digit, now, self._ready())
+            self._actions.append(Dtmf(digit))
+            self._speech.tell(self._template.replace("{digit}", digit), now)
         elif digit == control.dtmf_terminator:
             self._deliver(now)
         elif len(self._digits) < MAX_COLLECTED:
@@ -82,4 +81,4 @@ class Keypad:
         text = self._control.dtmf_collect_template.replace("{digits}", " ".join(digits))
         self._actions.append(KeypadEntry(len(digits)))
         digits.clear()
-        self._uplink.tell(inject_user_message(text), now, self._ready())
+        self._speech.tell(text, now)

@@ -58,6 +58,11 @@ class AgentPlayback:
         """Nothing is playing or being sent."""
         return not self._playing and self._open is None
 
+    @property
+    def replying(self) -> bool:
+        """A reply is being sent: audio came since the last ``AgentAudioDone``."""
+        return self._open is not None
+
     def audio(self, size: int) -> str | None:
         """``size`` bytes of agent audio go out; returns a progress mark's name when one is due."""
         self._counters.agent_audio_bytes_received += size

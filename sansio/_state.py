@@ -20,6 +20,7 @@ class AgentState(Enum):
     AWAITING_WELCOME = "awaiting_welcome"
     CONFIGURING = "configuring"  # Settings sent, SettingsApplied not yet received
     READY = "ready"
+    RECONNECTING = "reconnecting"  # the leg failed after SettingsApplied; a new one is due
     CLOSED = "closed"
 
 

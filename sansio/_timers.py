@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ._actions import EndReason
 from ._config import BridgeConfig
+from ._failover import Failover
 from ._keypad import Keypad
 from ._state import ENDED, AgentState
 from ._tools import Tools
@@ -86,6 +87,8 @@ class Hooks:
     abort_open_legs: Callable[[float], None]
     end: Callable[[EndReason, str, float], None]
     no_welcome: Callable[[float], None]
+    agent_failed: Callable[[EndReason, str, float], None]  # reconnects when it may, else ends
+    reconnect: Callable[[float], None]
 
 
 def call_timers(
@@ -93,6 +96,7 @@ def call_timers(
     clock: Clock,
     uplink: Uplink,
     tools: Tools,
+    failover: Failover,
     hooks: Hooks,
     control: tuple[Handoff, Watch, Keypad],
 ) -> Timers:
@@ -102,6 +106,9 @@ def call_timers(
 
     def timeout(detail: str) -> Callable[[float], None]:
         return lambda now: hooks.end(EndReason.TIMEOUT, detail, now)
+
+    def agent_timeout(detail: str) -> Callable[[float], None]:
+        return lambda now: hooks.agent_failed(EndReason.TIMEOUT, detail, now)
 
     return Timers(
         (
@@ -115,13 +122,13 @@ def call_timers(
                 "agent_connect",
                 {S.CONNECTING},
                 lambda: clock.agent_opened + c.agent_connect_timeout,
-                timeout(f"agent_connect: no connection after {c.agent_connect_timeout}s"),
+                agent_timeout(f"agent_connect: no connection after {c.agent_connect_timeout}s"),
             ),
             Timer(
                 "settings_applied",
                 {S.AWAITING_WELCOME, S.CONFIGURING},
                 lambda: clock.agent_connected + c.settings_timeout,
-                timeout(f"settings_applied: none after {c.settings_timeout}s"),
+                agent_timeout(f"settings_applied: none after {c.settings_timeout}s"),
             ),
             Timer(
                 "welcome",  # Settings go anyway: Welcome is a courtesy
@@ -142,5 +149,6 @@ def call_timers(
             Timer("silence", {S.READY}, watch.silence_due, watch.silence),
             Timer("max_duration", set(S), watch.duration_due, watch.duration),
             Timer("dtmf_collect", set(S), keypad.due, keypad.fire),
+            Timer("reconnect", {S.RECONNECTING}, failover.due, hooks.reconnect),
         )
     )

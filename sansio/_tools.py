@@ -11,6 +11,7 @@ from ._agent import FunctionCall, cancelled_ids, function_call_response, functio
 from ._config import BridgeConfig
 from ._counters import Counters
 from ._errors import LocalProtocolError, Peer
+from ._notices import FunctionCallsCancelled
 from ._uplink import Uplink
 
 _BAD_ARGUMENTS = json.dumps({"error": "arguments must be a JSON object"})
@@ -29,6 +30,7 @@ class Tools:
         "_end_call",
         "_grace",
         "_hangup_at",
+        "_hangup_id",
         "_hangup_requested",
         "_loads",
         "_pending",
@@ -61,6 +63,7 @@ class Tools:
         self._withdrawn: set[str] = set()
         self._hangup_requested: float | None = None
         self._hangup_at: float | None = None
+        self._hangup_id = ""  # the end_call that asked for the hangup
 
     def request(self, message: dict[str, Any], now: float) -> None:
         """A ``FunctionCallRequest`` (the agent is ready: an answer must not precede Settings)."""
@@ -74,12 +77,25 @@ class Tools:
             else:
                 self._request(call, now)
 
+    @property
+    def hanging_up(self) -> bool:
+        return self._hangup_at is not None
+
     def cancel(self, message: dict[str, Any]) -> None:
-        """A ``FunctionCallCancelled``: withdraw the calls still running (others are ignored)."""
-        for call_id in cancelled_ids(message):
+        """A ``FunctionCallCancelled``: withdraw the calls still running and a speculative
+        ``end_call`` (Deepgram dispatched it before the caller's turn was over); others are
+        ignored."""
+        ids = cancelled_ids(message)
+        withdrawn = bool(self._hangup_id) and self._hangup_id in ids
+        if withdrawn:
+            self._hangup_id = ""
+            self._hangup_requested = self._hangup_at = None
+        for call_id in ids:
             if self._pending.pop(call_id, None) is not None:
                 self._withdrawn.add(call_id)
                 self._actions.append(CancelTool(call_id))
+        if ids:
+            self._actions.append(FunctionCallsCancelled(tuple(ids), withdrawn))
 
     def _request(self, call: FunctionCall, now: float) -> None:
         if not call.client_side:
@@ -90,6 +106,7 @@ class Tools:
             self._actions.append(AgentNotice("FunctionCallRequest", call.message))
             self._answer(call, _GOODBYE, now)
             if self._hangup_requested is None:
+                self._hangup_id = call.call_id
                 self._hangup_requested = now
                 self._hangup_at = now + self._grace
         elif call.name in self._builtins:

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from ._actions import Action, EndReason, FallbackCall, TransferCall, TransferCancelled
-from ._agent import FunctionCall, function_call_response, inject_agent_message, update_prompt
+from ._agent import FunctionCall, function_call_response
 from ._callcontrol import CallControl
+from ._speech import Speech
 from ._uplink import Uplink
 
 End = Callable[[EndReason, str, float], None]
@@ -51,8 +52,8 @@ class Handoff:
         "_drained",
         "_end_now",
         "_pending",
-        "_ready",
         "_redirect",
+        "_speech",
         "_uplink",
     )
 
@@ -62,14 +63,14 @@ class Handoff:
         actions: list[Action],
         uplink: Uplink,
         drained: Callable[[], bool],
-        ready: Callable[[], bool],
+        speech: Speech,
         end_now: End,
     ) -> None:
         self._control = control
         self._actions = actions
         self._uplink = uplink
         self._drained = drained  # nothing of the agent's is playing at Twilio
-        self._ready = ready  # the agent takes messages
+        self._speech = speech
         self._end_now = end_now  # end the call, past any takeover
         self._pending: _Pending | None = None
         self._at: float | None = None
@@ -151,7 +152,7 @@ class Handoff:
                 " started speaking before it began. Listen to the caller, and call transfer_call"
                 " again if they still want it."
             )
-            self._uplink.send_text(update_prompt(note), now)
+            self._speech.note(note, now)
 
     def due(self) -> float | None:
         if self._redirect is not None:
@@ -200,8 +201,7 @@ class Handoff:
             self._end_now(redirect.reason, f"{redirect.detail}, which failed: {detail}", now)
         else:  # the transfer could not be placed: the caller is still here, with the agent
             self._actions.append(TransferCancelled(redirect.target, f"update failed: {detail}"))
-            if self._ready():
-                self._uplink.send_text(inject_agent_message(self._control.transfer_failed), now)
+            self._speech.say(self._control.transfer_failed, now)
 
     def _run_pending(self, now: float) -> None:
         pending = self._pending

@@ -2,19 +2,17 @@
 keepalive that covers silence.
 
 Before ``SettingsApplied`` (``ready`` false) caller audio is held, dropping the oldest bytes
-beyond the pre-roll cap, and DTMF keys are held up to a bound; :meth:`Uplink.release` sends
-both. Afterwards audio leaves in whole chunks, a partial chunk when its deadline passes.
+beyond the pre-roll cap; :meth:`Uplink.release` sends what the pre-roll policy keeps of it.
+Afterwards audio leaves in whole chunks, a partial chunk when its deadline passes. DTMF keys
+become injections (see :mod:`._injections`).
 """
 
 from __future__ import annotations
 
-from ._actions import Action, Dtmf, SendAgentAudio, SendAgentText
-from ._agent import KEEPALIVE, inject_user_message
+from ._actions import Action, SendAgentAudio, SendAgentText
+from ._agent import KEEPALIVE
 from ._config import BridgeConfig
 from ._counters import Counters
-from ._errors import Peer
-
-MAX_HELD_DTMF = 32
 
 
 class Uplink:
@@ -25,8 +23,6 @@ class Uplink:
         "_chunk",
         "_chunk_s",
         "_counters",
-        "_dtmf_template",
-        "_held_texts",
         "_keepalive_s",
         "_pending",
         "_preroll_cap",
@@ -43,11 +39,9 @@ class Uplink:
         self._chunk_s = config.chunk_ms / 1000
         self._preroll_cap = config.preroll_bytes
         self._keepalive_s = config.keepalive_interval
-        self._dtmf_template = config.dtmf_template
         self._pending = bytearray()
         self._since = now  # when the oldest pending byte arrived
         self._tx = now  # when the agent was last sent anything
-        self._held_texts: list[str] = []
 
     @property
     def held_bytes(self) -> int:
@@ -78,27 +72,17 @@ class Uplink:
             del pending[:excess]
             self._counters.preroll_dropped_bytes += excess
 
-    def key(self, digit: str, now: float, ready: bool) -> None:
-        """A key the caller pressed, told to the agent as it is pressed."""
-        self._actions.append(Dtmf(digit))
-        self.tell(inject_user_message(self._dtmf_template.replace("{digit}", digit)), now, ready)
-
-    def tell(self, text: str, now: float, ready: bool) -> None:
-        """A keypad message for the agent, held until ``ready`` (up to a bound)."""
-        if ready:
-            self.send_text(text, now)
-        elif len(self._held_texts) < MAX_HELD_DTMF:
-            self._held_texts.append(text)
-        else:
-            self._counters.ignore(Peer.TWILIO, "dtmf beyond what is held before the agent is ready")
-
-    def release(self, now: float) -> None:
-        """``SettingsApplied``: send the whole chunks of pre-roll, then the held texts."""
-        if self._pending:
+    def release(self, now: float, keep_bytes: int | None = None) -> None:
+        """``SettingsApplied``: send the whole chunks of the newest ``keep_bytes`` of pre-roll
+        (None: all of it); what is cut counts as dropped pre-roll."""
+        pending = self._pending
+        excess = len(pending) - keep_bytes if keep_bytes is not None else 0
+        if excess > 0:
+            del pending[:excess]
+            self._counters.preroll_dropped_bytes += excess
+            self._since = now
+        if pending:
             self._send_full_chunks(now)
-        for text in self._held_texts:
-            self.send_text(text, now)
-        self._held_texts.clear()
 
     def chunk_due(self) -> float | None:
         """When the held partial chunk must go, if there is one."""

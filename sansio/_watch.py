@@ -10,32 +10,30 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ._actions import EndReason
-from ._agent import inject_agent_message
 from ._callcontrol import CallControl, matching_rule
+from ._speech import Speech
 from ._transfer import End, Handoff
-from ._uplink import Uplink
 
 WARNING_AHEAD = 60.0  # the length warning comes this long before the end
 
 
 class Watch:
     __slots__ = ("_activity", "_control", "_done", "_drained", "_end", "_handoff", "_ready",
-                 "_reprompts", "_ruled", "_started", "_uplink", "_warned")  # fmt: skip
+                 "_reprompts", "_ruled", "_speech", "_started", "_warned")  # fmt: skip
 
     def __init__(
         self,
         control: CallControl,
-        uplink: Uplink,
+        speech: Speech,
         handoff: Handoff,
         drained: Callable[[], bool],
-        ready: Callable[[], bool],
         end: End,
     ) -> None:
         self._control = control
-        self._uplink = uplink
+        self._speech = speech
         self._handoff = handoff
         self._drained = drained
-        self._ready = ready
+        self._ready = speech.ready
         self._end = end
         self._started: float | None = None
         self._activity = 0.0
@@ -120,5 +118,4 @@ class Watch:
         )
 
     def _say(self, text: str, now: float, *, interrupt: bool = False) -> None:
-        if self._ready():
-            self._uplink.send_text(inject_agent_message(text, interrupt=interrupt), now)
+        self._speech.say(text, now, interrupt=interrupt)

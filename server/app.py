@@ -25,7 +25,9 @@ from server.call import CallContext, CallDriver
 from server.http import HttpProtocol
 from server.metrics import Metrics
 from server.options import ServerOptions, StartupError
+from server.recording import AudioRecorder
 from server.records.store import RecordsError, open_store
+from server.records.webhook import Deliverer
 from server.tools import ToolRegistry
 from server.twilio_leg import TwilioLeg
 from server.twilio_rest import TwilioRestClient
@@ -61,8 +63,21 @@ class Server:
             raise StartupError(str(exc)) from None
         # One Twilio REST client (a connection pool) for every call: transfers and fallbacks.
         self.twilio = TwilioRestClient(options.twilio) if options.twilio is not None else None
+        self.webhook: Deliverer | None = None
+        if options.webhook is not None and self.records is not None:
+            self.records.outbox = True
+            deliverer = self.webhook = Deliverer(self.records.spec, options.webhook, self.metrics)
+            self.records.on_finished.append(lambda record: deliverer.wake())
+        self.recordings = AudioRecorder(options.record_audio) if options.record_audio else None
         self._call_context = CallContext(
-            self.loop, options, self.metrics, self.tools, self.agent_url, self.records, self.twilio
+            self.loop,
+            options,
+            self.metrics,
+            self.tools,
+            self.agent_url,
+            self.records,
+            self.recordings,
+            self.twilio,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -112,14 +127,12 @@ class Server:
         return [s for srv in self._servers for s in getattr(srv, "sockets", ())]
 
     async def _start_local_agent(self) -> None:
-        from server.peers.agent import LocalAgent  # only --agent-url local needs it
+        from server.local import start_local_agent  # loads the peers: only --agent-url local
 
-        agent = LocalAgent(host="127.0.0.1", port=0)
-        await agent.start()
-        self._stop_local_agent = agent.stop
-        self.agent_url = agent.url
-        self._call_context = dataclasses.replace(self._call_context, agent_url=agent.url)
-        log.info("local agent listening at %s (no Deepgram key needed)", agent.url)
+        url, self._stop_local_agent = await start_local_agent()
+        self.agent_url = url
+        self._call_context = dataclasses.replace(self._call_context, agent_url=url)
+        log.info("local agent listening at %s (no Deepgram key needed)", url)
 
     def at_capacity(self) -> bool:
         limit = self.options.max_calls
@@ -178,8 +191,12 @@ class Server:
                 await asyncio.wait_for(self._stop_local_agent(), 2.0)
         if self.twilio is not None:
             await self.twilio.aclose()
+        if self.recordings is not None:
+            await asyncio.to_thread(self.recordings.close)
         if self.records is not None:  # what the calls queued is written before we return
             await asyncio.to_thread(self.records.close)
+        if self.webhook is not None:  # after the last finish is queued; pending rows persist
+            await asyncio.to_thread(self.webhook.close)
 
 
 # ---------------------------------------------------------------------- running

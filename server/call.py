@@ -16,12 +16,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sansio import (
     Action,
     AgentNotice,
     AgentReady,
+    AgentReconnected,
+    AgentReconnecting,
     AgentWarning,
     BargeIn,
     CallBridge,
@@ -53,6 +56,7 @@ from server import handoff
 from server.agent_leg import AgentLeg
 from server.metrics import Metrics
 from server.options import ServerOptions
+from server.recording import AudioRecorder, recording_path
 from server.records.recorder import CallRecorder
 from server.records.store import RecordStore
 from server.tools import ToolRegistry
@@ -77,6 +81,7 @@ class CallContext:
     tools: ToolRegistry
     agent_url: str
     records: RecordStore | None
+    recordings: AudioRecorder | None
     twilio: TwilioRestClient | None = None
 
 
@@ -118,11 +123,19 @@ class CallDriver:
         self._raw = self.options.raw_logs  # whole notices in DEBUG lines
         self._observe_latency = self.metrics.added_latency.observe
         self._store = context.records
+        directory = self.options.record_audio
         self.recorder = (
-            CallRecorder(clock_offset=time.time() - now, redact=self._redact)
+            CallRecorder(
+                clock_offset=time.time() - now,
+                redact=self._redact,
+                recording=partial(recording_path, directory) if directory else None,
+                on_latency=self.metrics.observe_turn,
+            )
             if self._store is not None
             else None
         )
+        recordings = context.recordings
+        self.audio = recordings.call() if recordings is not None else None
         self._dispatch: dict[type[Action], Callable[[Any], None]] = {
             SendAgentAudio: self._send_agent_audio,
             SendAgentText: self._send_agent_text,
@@ -142,7 +155,9 @@ class CallDriver:
             AgentWarning: self._on_agent_warning,
             PeerIgnored: self._on_peer_ignored,
             AgentNotice: self._on_agent_notice,
-            AgentReady: self._on_debug_notice,
+            AgentReady: self._on_agent_ready,
+            AgentReconnecting: self._on_agent_reconnecting,
+            AgentReconnected: self._on_agent_ready,
             ReplyPlayback: self._on_debug_notice,
             Dtmf: self._on_dtmf,
             TransferCall: self._transfer,
@@ -242,12 +257,15 @@ class CallDriver:
         core = self.core
         ws = self.ws
         recorder = self.recorder
+        audio = self.audio
         try:
             while True:
                 actions = core.actions()
                 if actions:
                     if recorder is not None:
                         recorder.feed(actions, self.loop.time())
+                    if audio is not None:  # queue puts only: the WAV is written by another thread
+                        audio.feed(actions, self.loop.time())
                     self._execute(actions)
                 elif not ws.out:
                     break
@@ -463,6 +481,26 @@ class CallDriver:
         """A line of the conversation: kept (bounded) for a transfer's resume, then logged."""
         self._turns.append((notice.role, notice.content))
         self._on_transcript(notice)
+
+    def _on_agent_ready(self, notice: AgentReady | AgentReconnected) -> None:
+        """Deepgram support asks for the session's request_id: one INFO line per session."""
+        again = f" reconnect={notice.attempt}" if isinstance(notice, AgentReconnected) else ""
+        log.info(
+            "agent session callSid=%s request_id=%s%s",
+            self.call_sid or "-",
+            notice.request_id or "-",
+            again,
+        )
+
+    def _on_agent_reconnecting(self, notice: AgentReconnecting) -> None:
+        self.metrics.agent_reconnects += 1
+        log.warning(
+            "agent leg failed, reconnecting callSid=%s attempt=%d reason=%s detail=%r",
+            self.call_sid or "-",
+            notice.attempt,
+            notice.reason.value,
+            notice.detail,
+        )
 
     def _on_transcript(self, notice: Transcript) -> None:
         if self._private:

@@ -1,7 +1,7 @@
 """Command line: ``python -m server`` and the ``twilio-agent-bridge`` script.
 
-``python -m server demo ...`` is handed to :mod:`server.demo`, ``python -m server calls ...``
-to :mod:`server.records.cli`. Configuration mistakes print
+``python -m server demo ...`` is handed to :mod:`peers.demo` through :mod:`server.local`,
+``python -m server calls ...`` to :mod:`server.records.cli`. Configuration mistakes print
 one line (no traceback) and exit with status 2; a port that is already taken exits with
 status 1; a clean shutdown on SIGTERM/SIGINT exits with 0. With ``--workers N`` this module
 owns the N-1 worker processes (spawned, each serving the shared port).
@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from server import __version__
-from server.app import run_loop, serve
+from server.app import Server, run_loop, serve
+from server.metrics import setup_multiprocess_metrics
 from server.options import DEFAULT_AGENT_URL, ServerOptions, StartupError, make_options
 from server.tools import ToolLoadError, ToolRegistry
 
@@ -72,9 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Environment: DEEPGRAM_API_KEY (required unless --agent-url local), "
             "TWILIO_AUTH_TOKEN (checks X-Twilio-Signature; strongly recommended), "
             "PUBLIC_URL, DEEPGRAM_AGENT_URL, BRIDGE_RECORDS, BRIDGE_CONTROL_TOKEN (bearer token "
-            "of GET /calls/{CallSid}/record; the route is off without it). A .env file is read "
-            "and never overrides the environment. 'python -m server demo --help' runs the local "
-            "demo; 'python -m server calls --help' reads the call records."
+            "of GET /calls/{CallSid}/record; the route is off without it), BRIDGE_WEBHOOK_SECRET "
+            "(signs --webhook-url's requests). A .env file is read and never overrides the "
+            "environment. 'python -m server demo --help' runs the local demo; "
+            "'python -m server calls --help' reads the call records."
         ),
     )
     add = p.add_argument
@@ -100,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="caller audio per message to the agent, in ms (default 20)")
     add("--preroll-ms", type=_positive_int, default=5000,
         help="caller audio held until the agent is ready, in ms (default 5000)")
+    add("--preroll-policy", choices=("keep", "drop", "last"), default="drop",
+        help="what of the audio held before the first SettingsApplied reaches the agent: all, "
+        "none (protects the greeting from an early 'Hello?'), or the last 300 ms (default drop)")
+    add("--agent-retries", type=_non_negative_int, default=2,
+        help="reconnects of the agent leg after a mid-call failure (default 2; 0: end the call)")
     add("--mark-interval-ms", type=_non_negative_int, default=500,
         help="a playback mark every N ms of agent audio; 0: only at reply ends (default 500)")
     add("--require-call-token", action="store_true",
@@ -162,6 +169,21 @@ def build_parser() -> argparse.ArgumentParser:
         "(default $BRIDGE_RECORDS or ./calls.db); read them with 'calls'")
     add("--records-retention-days", type=_seconds, default=None, metavar="DAYS",
         help="delete records of calls older than this (default: keep)")
+    add("--webhook-url", default=None, metavar="URL",
+        help="POST each finished call record here, signed with $BRIDGE_WEBHOOK_SECRET "
+        "(X-Bridge-Signature; see docs/records.md)")
+    add("--webhook-timeout", type=_seconds, default=10.0,
+        help="seconds for the webhook receiver to answer (default 10)")
+    add("--webhook-max-attempts", type=_positive_int, default=10,
+        help="attempts per webhook before giving up (default 10)")
+    add("--webhook-max-age", type=_seconds, default=86400.0,
+        help="seconds after the call to keep retrying its webhook (default 86400)")
+    add("--webhook-backoff", type=_seconds, default=1.0,
+        help="seconds before the first retry; doubled for each next one (default 1)")
+    add("--record-audio", default=None, metavar="DIR",
+        help="write one stereo WAV per call here (left: caller; right: agent as heard)")
+    add("--recording-notice", default=None, metavar="TEXT",
+        help="the agent says TEXT first (put before the greeting), e.g. a consent notice")
     _add_call_control(p)
     add("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -254,9 +276,14 @@ def _load_env_file(path: str) -> None:
 
 
 def _run_demo(argv: list[str]) -> int:
-    from server.demo import main as demo_main  # the demo pulls in the peers: only load it here
+    from server.local import RunningBridge, run_demo  # loads the peers: only here
 
-    return int(demo_main(argv) or 0)
+    async def start_server(options: ServerOptions) -> RunningBridge:
+        server = Server(options)
+        await server.start()
+        return RunningBridge(f"ws://127.0.0.1:{server.port}/media-stream", server.shutdown)
+
+    return run_demo(argv, start_server)
 
 
 def _prepare(args: argparse.Namespace, worker: int = 0) -> tuple[ServerOptions, ToolRegistry]:
@@ -364,6 +391,7 @@ def _run_workers(options: ServerOptions, tools: ToolRegistry | None, argv: list[
     if not hasattr(socket, "SO_REUSEPORT"):
         raise StartupError("--workers needs SO_REUSEPORT, which this platform lacks")
     sock = _bind_reuseport(options)  # fails here, in the parent, if the port is taken
+    setup_multiprocess_metrics()  # /metrics adds up every worker's counters
     context = multiprocessing.get_context("spawn")
     children = []
     for index in range(1, options.workers):

@@ -19,6 +19,7 @@ from sansio import BridgeConfig, CallControl, ConfigError, SafetyRule
 from server import handoff, signature
 from server.records import store as records_store
 from server.records.redact import Redactor, RedactorLoadError, keep, load_redactor
+from server.records.webhook import WebhookConfig
 from server.twilio_rest import TwilioCredentials
 from server.twiml import twiml_fallback
 
@@ -103,6 +104,9 @@ class ServerOptions:
         twilio = self.twilio
         return self.auth_token or (twilio.api_secret if twilio is not None else None)
 
+    webhook: WebhookConfig | None = None
+    record_audio: str | None = None
+
     @property
     def raw_logs(self) -> bool:
         """Whether DEBUG lines may quote whole messages (agent frames, notices): only with
@@ -113,7 +117,9 @@ class ServerOptions:
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in a log line."""
         rest = self.twilio.api_secret if self.twilio is not None else None
-        return tuple(s for s in (self.api_key, self.auth_token, self.control_token, rest) if s)
+        webhook_secret = self.webhook.secret if self.webhook is not None else None
+        values = (self.api_key, self.auth_token, self.control_token, rest, webhook_secret)
+        return tuple(s for s in values if s)
 
 
 def load_settings_file(path: str) -> dict[str, Any]:
@@ -341,6 +347,10 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
         raise StartupError("--workers needs a fixed --port (port 0 would differ per worker)")
 
     settings = load_settings_file(args.config)
+    notice = getattr(args, "recording_notice", None)
+    if notice:  # the greeting is the first thing the caller hears
+        agent = settings.setdefault("agent", {})
+        agent["greeting"] = f"{notice.strip()} {agent.get('greeting', '')}".strip()
     try:
         twilio = TwilioCredentials.from_env(env)
     except ValueError as exc:
@@ -352,6 +362,8 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
             settings=settings,
             chunk_ms=args.chunk_ms,
             preroll_ms=args.preroll_ms,
+            preroll_policy=args.preroll_policy,
+            agent_retries=args.agent_retries,
             keepalive_interval=args.keepalive,
             agent_connect_timeout=args.agent_connect_timeout,
             settings_timeout=args.settings_timeout,
@@ -379,6 +391,11 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
         records = env.get("BRIDGE_RECORDS") or records_store.DEFAULT_RECORDS
     if records.lower() == "none":
         records = None
+
+    webhook = _webhook(args, env, records)
+    record_audio = getattr(args, "record_audio", None)
+    if record_audio and not Path(record_audio).is_dir():
+        raise StartupError(f"cannot record to --record-audio {record_audio}: no such directory")
 
     return ServerOptions(
         bridge=bridge,
@@ -414,4 +431,30 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
         twilio=twilio,
         fallback_twiml=_fallback_twiml(args, dict(control.targets)),
         dial_timeout=args.dial_timeout,
+        webhook=webhook,
+        record_audio=record_audio or None,
+    )
+
+
+def _webhook(args: Any, env: Mapping[str, str], records: str | None) -> WebhookConfig | None:
+    url = getattr(args, "webhook_url", None)
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise StartupError(f"invalid --webhook-url {url!r}: must be https://host/path (or http://)")
+    secret = env.get("BRIDGE_WEBHOOK_SECRET", "").strip()
+    if not secret:
+        raise StartupError(
+            "--webhook-url needs BRIDGE_WEBHOOK_SECRET: every webhook is signed with it"
+        )
+    if records is None:
+        raise StartupError("--webhook-url needs --records: its outbox is in the records database")
+    return WebhookConfig(
+        url=url,
+        secret=secret,
+        timeout=args.webhook_timeout,
+        max_attempts=args.webhook_max_attempts,
+        max_age=args.webhook_max_age,
+        backoff=args.webhook_backoff,
     )

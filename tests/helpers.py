@@ -22,6 +22,8 @@ SETTINGS: dict[str, Any] = json.loads((ROOT / "config.json").read_text())
 STREAM_SID = "MZ" + "0123456789abcdef" * 2
 CALL_SID = "CA" + "fedcba9876543210" * 2
 ACCOUNT_SID = "AC" + "00112233445566778899aabbccddeeff"
+#: Bound on the timers one advance_to may fire (a 20 ms chunk timer over ten minutes is 30000).
+MAX_TIMER_FIRINGS = 100_000
 MULAW_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
 
 
@@ -145,12 +147,25 @@ class Call:
         return self.drain()
 
     def advance_to(self, now: float) -> list[Action]:
-        """Fire every deadline up to ``now``, as a driver's timer would."""
+        """Fire every deadline up to ``now``, as a driver's timer would.
+
+        A deadline still due after ``handle_timeout`` ran for it is a bug a real driver would
+        spin on, so it fails here at once instead of hanging the test.
+        """
         out: list[Action] = []
-        while (deadline := self.core.next_deadline()) is not None and deadline <= now:
+        for _ in range(MAX_TIMER_FIRINGS):
+            deadline = self.core.next_deadline()
+            if deadline is None or deadline > now:
+                break
             self.now = max(self.now, deadline)
             self.core.handle_timeout(self.now)
             out += self.drain()
+            after = self.core.next_deadline()
+            assert after is None or after > self.now, (
+                f"handle_timeout({self.now}) left the deadline {after} due"
+            )
+        else:
+            raise AssertionError(f"more than {MAX_TIMER_FIRINGS} timer firings before {now}")
         self.now = max(self.now, now)
         return out
 

@@ -1,7 +1,7 @@
 """Support for the server tests: a server on 127.0.0.1:0, a websockets agent, raw HTTP.
 
-The peers here are plain ``websockets`` clients and servers written for the tests; they share
-no code with ``server/``.
+The agent is the local peer (:mod:`peers.agent`) in passive mode; the caller is a plain
+``websockets`` client. Neither shares code with ``server/``.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import ServerConnection, serve
 
+from peers.agent import AgentSession, LocalAgent
 from server.app import Server
 from server.cli import build_parser
 from server.options import ServerOptions, make_options
@@ -61,8 +61,12 @@ def run(coro: Coroutine[Any, Any, Any], timeout: float = 30.0, loop: str | None 
 def options(*flags: str, env: dict[str, str] | None = None) -> ServerOptions:
     environ = {"DEEPGRAM_API_KEY": API_KEY}
     environ.update(env or {})
+    # The suite's older server tests check the transport and the end of a call on a failure:
+    # they keep the whole pre-roll and do not reconnect unless they say so (the defaults drop
+    # it and reconnect; tests/server/test_agent_protocol.py runs those).
+    base = ["--agent-retries", "0", "--preroll-policy", "keep"]
     args = build_parser().parse_args(
-        ["--host", "127.0.0.1", "--port", "0", "--config", str(CONFIG), *flags]
+        ["--host", "127.0.0.1", "--port", "0", "--config", str(CONFIG), *base, *flags]
     )
     return make_options(args, environ)
 
@@ -70,7 +74,7 @@ def options(*flags: str, env: dict[str, str] | None = None) -> ServerOptions:
 @contextlib.asynccontextmanager
 async def running_server(
     *flags: str,
-    agent: FakeAgent | None = None,
+    agent: LocalAgent | None = None,
     env: dict[str, str] | None = None,
     tools: ToolRegistry | None = None,
     grace: float = 0.0,
@@ -98,105 +102,12 @@ async def until(predicate: Callable[[], bool], timeout: float = 3.0, what: str =
 # ---------------------------------------------------------------------- the agent
 
 
-@dataclass
-class AgentSession:
-    ws: ServerConnection
-    headers: dict[str, str]
-    path: str
-    texts: list[dict[str, Any]] = field(default_factory=list)
-    audio: bytearray = field(default_factory=bytearray)
-    audio_before_applied: int = 0
-    applied_at: float | None = None
-    first_audio_at: float | None = None
-    order: list[str] = field(default_factory=list)
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-    close_code: int | None = None
-    closed_at: float | None = None
-
-    async def send(self, message: str | bytes | dict[str, Any]) -> None:
-        if isinstance(message, dict):
-            message = json.dumps(message)
-        await self.ws.send(message)
-
-    def types(self) -> list[str]:
-        return [t.get("type", "?") for t in self.texts]
-
-
-class FakeAgent:
-    """A websockets server that speaks enough of the Voice Agent protocol for the tests."""
-
-    def __init__(self, *, apply_delay: float = 0.0, apply: bool = True) -> None:
-        self.apply_delay = apply_delay
-        self.apply = apply
-        self.sessions: list[AgentSession] = []
-        self.port = 0
-        self._server: Any = None
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/agent/converse"
-
-    async def __aenter__(self) -> FakeAgent:
-        self._server = await serve(self._handle, "127.0.0.1", 0, compression=None)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.close()
-        await self._server.wait_closed()
-
-    @property
-    def open_connections(self) -> int:
-        return sum(1 for s in self.sessions if not s.closed.is_set())
-
-    async def session(self, index: int = 0, timeout: float = 3.0) -> AgentSession:
-        await until(lambda: len(self.sessions) > index, timeout, "an agent connection")
-        return self.sessions[index]
-
-    async def _handle(self, ws: ServerConnection) -> None:
-        """Record every message the moment it arrives, whatever else the agent is doing.
-
-        The delayed ``SettingsApplied`` goes out from a task of its own, so audio that the
-        bridge sends during the apply delay is read (and counted in ``audio_before_applied``)
-        while it arrives, not after the delay.
-        """
-        assert ws.request is not None
-        session = AgentSession(ws, dict(ws.request.headers.raw_items()), ws.request.path)
-        self.sessions.append(session)
-        applier: asyncio.Task[None] | None = None
-        try:
-            await ws.send(json.dumps({"type": "Welcome", "request_id": "req-1"}))
-            async for message in ws:
-                if isinstance(message, str):
-                    data = json.loads(message)
-                    session.texts.append(data)
-                    session.order.append(data.get("type", "?"))
-                    if data.get("type") == "Settings" and self.apply and applier is None:
-                        applier = asyncio.create_task(self._apply(session))
-                else:
-                    if session.applied_at is None:
-                        session.audio_before_applied += len(message)
-                    if session.first_audio_at is None:
-                        session.first_audio_at = time.monotonic()
-                    session.audio += message
-                    if session.order[-1:] != ["audio"]:
-                        session.order.append("audio")
-        except Exception:
-            pass
-        finally:
-            if applier is not None:
-                applier.cancel()
-            session.close_code = ws.close_code
-            session.closed_at = time.monotonic()
-            session.closed.set()
-
-    async def _apply(self, session: AgentSession) -> None:
-        """``SettingsApplied`` after ``apply_delay``; ``applied_at`` marks the moment it is sent."""
-        if self.apply_delay:
-            await asyncio.sleep(self.apply_delay)
-        session.applied_at = time.monotonic()
-        with contextlib.suppress(Exception):
-            await session.ws.send(json.dumps({"type": "SettingsApplied"}))
+def fake_agent(*, apply_delay: float = 0.0, apply: bool = True) -> LocalAgent:
+    """The local agent in passive mode: it records every message the moment it arrives,
+    answers Settings with SettingsApplied after ``apply_delay`` (never with ``apply=False``)
+    and says nothing else unless a test sends it something.
+    """
+    return LocalAgent(passive=True, settings_delay=apply_delay, apply_settings=apply)
 
 
 # ---------------------------------------------------------------------- the caller
@@ -229,7 +140,7 @@ async def caller(
 
 
 async def ready_call(
-    server: Server, agent: FakeAgent, **kwargs: Any
+    server: Server, agent: LocalAgent, **kwargs: Any
 ) -> tuple[ClientConnection, AgentSession]:
     """A caller that sent ``start``, and its agent leg once ``SettingsApplied`` went out."""
     ws = await caller(server, **kwargs)

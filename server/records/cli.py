@@ -146,6 +146,7 @@ def render(record: CallRecord) -> str:
         f"end: {record.end_reason or 'in progress'}"
         + (f" ({record.end_detail})" if record.end_detail else ""),
         f"keypad digits: {record.dtmf_count}  barge-ins: {record.barge_ins}",
+        *([f"recording: {record.recording}"] if record.recording else []),
         "",
     ]
     rows: list[tuple[float, int, str]] = []

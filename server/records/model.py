@@ -65,6 +65,7 @@ class CallRecord:
     end_detail: str | None = None
     dtmf_count: int = 0
     barge_ins: int = 0
+    recording: str | None = None
     turns: list[Turn] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
 

@@ -14,7 +14,7 @@ precedes it (or follows it, when the text comes after the audio).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -52,9 +52,21 @@ def _ms(seconds: float) -> float:
 
 
 class CallRecorder:
-    def __init__(self, *, clock_offset: float = 0.0, redact: Redactor = keep) -> None:
-        """``clock_offset`` turns the driver's monotonic ``now`` into epoch seconds."""
+    def __init__(
+        self,
+        *,
+        clock_offset: float = 0.0,
+        redact: Redactor = keep,
+        recording: Callable[[str], str] | None = None,
+        on_latency: Callable[[str, float], None] | None = None,
+    ) -> None:
+        """``clock_offset`` turns the driver's monotonic ``now`` into epoch seconds;
+        ``recording`` names a call's WAV from its CallSid (with ``--record-audio``);
+        ``on_latency(stage, seconds)`` hears each turn's latency at the caller's ear as it is
+        measured (``first_audio``, ``first_mark``: the server's histogram)."""
         self._offset = clock_offset
+        self._on_latency = on_latency
+        self._recording = recording
         self._redact = redact
         self.record: CallRecord | None = None
         self.awaiting_mark: str | None = None
@@ -117,6 +129,8 @@ class CallRecorder:
         self._measured = None
         if turn is not None and self._measure_from is not None:
             turn.latency_mark_ms = _ms(now - self._measure_from)
+            if self._on_latency is not None:
+                self._on_latency("first_mark", now - self._measure_from)
             self._changed(turn)
 
     def tool_result(self, call_id: str, content: str, ok: bool) -> None:
@@ -173,6 +187,8 @@ class CallRecorder:
             to_number=number("number", params.get("To", "")) if "To" in params else "",
             started_at=self._wall(now),
         )
+        if self._recording is not None:
+            self.record.recording = self._recording(self.record.call_sid)
         self._writes.append(Write("start", self.record.call_sid, record=self.record.copy()))
 
     def _on_ended(self, notice: CallEnded, now: float) -> None:
@@ -231,6 +247,8 @@ class CallRecorder:
         self._turn_of_reply[reply] = turn
         if self._caller_done_at is not None:
             turn.latency_audio_ms = _ms(now - self._caller_done_at)
+            if self._on_latency is not None:
+                self._on_latency("first_audio", now - self._caller_done_at)
             self._measure_from = self._caller_done_at
             self._caller_done_at = None
             self._measured = turn

@@ -6,7 +6,8 @@ bounded queue, so the call driver never waits for the disk or the network: a ful
 the write (counted, logged without content) rather than stall a call. The call row is written
 at ``start``, turns and events as they happen, and the row is finalised at the end, so a crash
 loses at most the end of the calls in progress. ``on_finished`` hooks run in the writer
-thread after a record is complete (the seam for the end-of-call webhook outbox).
+thread after a record is complete; with ``outbox`` set, the finish also queues the record for
+the end-of-call webhook in the same transaction (see :mod:`server.records.webhook`).
 """
 
 from __future__ import annotations
@@ -75,12 +76,31 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
                 PRIMARY KEY (call_sid, seq))""",
         ),
     ),
+    (
+        2,
+        "the webhook outbox and the recording's path",
+        (
+            "ALTER TABLE calls ADD COLUMN recording TEXT",
+            """CREATE TABLE outbox (
+                call_sid TEXT PRIMARY KEY,
+                body TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_at DOUBLE PRECISION NOT NULL,
+                claimed_until DOUBLE PRECISION,
+                delivered_at DOUBLE PRECISION,
+                failed_at DOUBLE PRECISION,
+                last_error TEXT)""",
+            "CREATE INDEX outbox_pending ON outbox (next_at) WHERE delivered_at IS NULL"
+            " AND failed_at IS NULL",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _CALL_COLUMNS = (
     "call_sid, stream_sid, account_sid, from_number, to_number, started_at, ended_at,"
-    " end_reason, end_detail, dtmf_count, barge_ins"
+    " end_reason, end_detail, dtmf_count, barge_ins, recording"
 )
 _TURN_COLUMNS = (
     "seq, role, text, at, reply, playback, heard_fraction, sent_bytes, heard_bytes,"
@@ -181,7 +201,9 @@ class Database:
 
     # ------------------------------------------------------------------ writes
 
-    def apply(self, writes: Sequence[Write]) -> None:
+    def apply(self, writes: Sequence[Write], outbox: bool = False) -> None:
+        """Apply a batch in one transaction; with ``outbox``, a finished call's webhook body
+        is queued in that same transaction, so a record is never complete without it."""
         with self.transaction():
             for write in writes:
                 if write.op == "start":
@@ -196,13 +218,15 @@ class Database:
                 elif write.op == "finish":
                     assert write.record is not None
                     self._finish(write.record)
+                    if outbox:
+                        self._enqueue(write.call_sid)
 
     def _start(self, r: CallRecord) -> None:
         # A second start with the same CallSid (a replayed stream) replaces the first.
         for table in ("turns", "events", "calls"):
             self.execute(f"DELETE FROM {table} WHERE call_sid = ?", (r.call_sid,))
         self.execute(
-            f"INSERT INTO calls ({_CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO calls ({_CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             _call_row(r),
         )
 
@@ -243,23 +267,109 @@ class Database:
             (call_sid, e.seq, e.at, e.kind, e.name, json.dumps(e.data)),
         )
 
-    def purge(self, older_than: float) -> int:
-        """Delete the calls that started before ``older_than`` (epoch seconds)."""
+    def _enqueue(self, call_sid: str) -> None:
+        record = self.load(call_sid)
+        if record is None:  # pragma: no cover - the finish above needs its start
+            return
+        body = json.dumps(record.to_json(), separators=(",", ":"))
+        now = time.time()
+        self.execute(
+            "INSERT INTO outbox (call_sid, body, created_at, next_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (call_sid) DO NOTHING",
+            (call_sid, body, now, now),
+        )
+
+    # ------------------------------------------------------------------ the outbox
+
+    def _count(self, sql: str, params: Sequence[Any]) -> int:
+        return int(self._conn.execute(self._sql(sql), tuple(params)).rowcount)
+
+    def claim(self, now: float, lease: float) -> tuple[str, str, int, float] | None:
+        """Take one due webhook for ``lease`` seconds: ``(call_sid, body, attempt, created_at)``.
+
+        The conditional UPDATE is the claim: of several processes that saw the same row, one
+        updates it and the others update nothing (SQLite serialises the whole transaction;
+        PostgreSQL re-checks the WHERE on the row it locked). A claim that is never marked
+        (the process died) expires after ``lease`` and the row is due again.
+        """
+        free = (
+            "delivered_at IS NULL AND failed_at IS NULL"
+            " AND (claimed_until IS NULL OR claimed_until < ?)"
+        )
         with self.transaction():
-            sids = [
-                r[0]
-                for r in self.query(
-                    "SELECT call_sid FROM calls WHERE started_at < ?", (older_than,)
+            rows = self.query(
+                f"SELECT call_sid FROM outbox WHERE next_at <= ? AND {free}"
+                " ORDER BY next_at LIMIT 8",
+                (now, now),
+            )
+            for (call_sid,) in rows:
+                taken = self._count(
+                    "UPDATE outbox SET claimed_until = ?, attempts = attempts + 1"
+                    f" WHERE call_sid = ? AND {free}",
+                    (now + lease, call_sid, now),
                 )
-            ]
-            for table in ("turns", "events"):
+                if taken == 1:
+                    body, attempts, created = self.query(
+                        "SELECT body, attempts, created_at FROM outbox WHERE call_sid = ?",
+                        (call_sid,),
+                    )[0]
+                    return call_sid, body, attempts, created
+        return None
+
+    def delivered(self, call_sid: str, now: float) -> None:
+        self.execute(
+            "UPDATE outbox SET delivered_at = ?, claimed_until = NULL, last_error = NULL"
+            " WHERE call_sid = ?",
+            (now, call_sid),
+        )
+
+    def retry_later(self, call_sid: str, at: float, error: str) -> None:
+        self.execute(
+            "UPDATE outbox SET next_at = ?, claimed_until = NULL, last_error = ?"
+            " WHERE call_sid = ?",
+            (at, error, call_sid),
+        )
+
+    def give_up(self, call_sid: str, now: float, error: str) -> None:
+        self.execute(
+            "UPDATE outbox SET failed_at = ?, claimed_until = NULL, last_error = ?"
+            " WHERE call_sid = ?",
+            (now, error, call_sid),
+        )
+
+    def next_due(self) -> float | None:
+        """When the earliest pending webhook is due (claimed ones: when their lease ends)."""
+        rows = self.query(
+            "SELECT MIN(CASE WHEN claimed_until IS NOT NULL AND claimed_until > next_at"
+            " THEN claimed_until ELSE next_at END) FROM outbox"
+            " WHERE delivered_at IS NULL AND failed_at IS NULL"
+        )
+        value = rows[0][0] if rows else None
+        return None if value is None else float(value)
+
+    def outbox_row(self, call_sid: str) -> dict[str, Any] | None:
+        """One outbox row as a dict (tests, diagnostics)."""
+        names = ("attempts", "next_at", "claimed_until", "delivered_at", "failed_at", "last_error")
+        rows = self.query(f"SELECT {', '.join(names)} FROM outbox WHERE call_sid = ?", (call_sid,))
+        return dict(zip(names, rows[0], strict=True)) if rows else None
+
+    # ------------------------------------------------------------------ retention
+
+    def purge(self, older_than: float) -> tuple[int, list[str]]:
+        """Delete the calls that started before ``older_than`` (epoch seconds), with their
+        turns, events and outbox rows; returns how many, and their recordings' paths."""
+        with self.transaction():
+            rows = self.query(
+                "SELECT call_sid, recording FROM calls WHERE started_at < ?", (older_than,)
+            )
+            for table in ("turns", "events", "outbox"):
                 self.execute(
                     f"DELETE FROM {table} WHERE call_sid IN"
                     " (SELECT call_sid FROM calls WHERE started_at < ?)",
                     (older_than,),
                 )
             self.execute("DELETE FROM calls WHERE started_at < ?", (older_than,))
-        return len(sids)
+        return len(rows), [path for _, path in rows if path]
 
     # ------------------------------------------------------------------ reads
 
@@ -325,6 +435,7 @@ def _call_row(r: CallRecord) -> tuple[Any, ...]:
         r.end_detail,
         r.dtmf_count,
         r.barge_ins,
+        r.recording,
     )
 
 
@@ -351,6 +462,8 @@ class RecordStore:
         self.spec = spec
         self.retention_days = retention_days
         self.on_finished: list[Callable[[CallRecord], None]] = []
+        self.outbox = False
+        """Queue each finished record for the end-of-call webhook (set before the first call)."""
         self.dropped = 0
         self.failed = 0
         self._reader = Database(spec)  # opens and migrates, in the caller's thread: errors early
@@ -414,7 +527,7 @@ class RecordStore:
 
     def _write(self, db: Database, writes: list[Write]) -> None:
         try:
-            db.apply(writes)
+            db.apply(writes, self.outbox)
         except Exception as exc:  # never the content: only what went wrong
             self.failed += 1
             log.error("records write failed (%s): %s", type(exc).__name__, exc)
@@ -434,10 +547,15 @@ class RecordStore:
             return
         self._next_purge = now + PURGE_EVERY
         try:
-            removed = db.purge(now - days * 86400.0)
+            removed, recordings = db.purge(now - days * 86400.0)
         except Exception as exc:
             log.error("records retention failed (%s): %s", type(exc).__name__, exc)
             return
+        for path in recordings:
+            try:
+                Path(path).unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("records retention: cannot delete a recording (%s)", exc.strerror)
         if removed:
             log.info("records retention: removed %d call(s) older than %g days", removed, days)
 
