@@ -22,7 +22,9 @@ from ._actions import (
     CloseTwilio,
     Dtmf,
     EndReason,
+    FallbackCall,
     History,
+    KeypadEntry,
     LatencyReport,
     Notice,
     OpenAgent,
@@ -36,8 +38,11 @@ from ._actions import (
     SendTwilioMedia,
     SendTwilioText,
     Transcript,
+    TransferCall,
+    TransferCancelled,
 )
 from ._bridge import CallBridge
+from ._callcontrol import CallControl, Resume, SafetyRule
 from ._config import PREROLL_POLICIES, BridgeConfig, fill_placeholders, validate_settings
 from ._control import BEHAVIORS
 from ._errors import BridgeError, ConfigError, LocalProtocolError, Peer, RemoteProtocolError
@@ -71,6 +76,7 @@ __all__ = [
     "BridgeConfig",
     "BridgeError",
     "CallBridge",
+    "CallControl",
     "CallEnded",
     "CallStarted",
     "CallStats",
@@ -81,11 +87,13 @@ __all__ = [
     "ConfigError",
     "Dtmf",
     "EndReason",
+    "FallbackCall",
     "FrustrationDetected",
     "FunctionCallsCancelled",
     "History",
     "InjectionDropped",
     "InjectionRefused",
+    "KeypadEntry",
     "LatencyReport",
     "LocalProtocolError",
     "Notice",
@@ -95,7 +103,9 @@ __all__ = [
     "Playback",
     "RemoteProtocolError",
     "ReplyPlayback",
+    "Resume",
     "RunTool",
+    "SafetyRule",
     "SendAgentAudio",
     "SendAgentText",
     "SendTwilioMark",
@@ -104,6 +114,8 @@ __all__ = [
     "ServerFunctionResult",
     "ThinkProviderMessage",
     "Transcript",
+    "TransferCall",
+    "TransferCancelled",
     "TwilioState",
     "fill_placeholders",
     "validate_settings",

@@ -102,6 +102,25 @@ class CloseAgent(Action):
     abort: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class TransferCall(Action):
+    """Hand the caller to ``number`` (the configured target ``target``): update the call with
+    a ``<Dial>``, then report with ``CallBridge.redirected``. The announcement has played."""
+
+    target: str
+    number: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackCall(Action):
+    """The call cannot go on with the agent (``reason``): redirect it to the fallback rather
+    than hang up, then report with ``CallBridge.redirected``."""
+
+    reason: str
+    detail: str
+
+
 # ---- notices: observable facts -----------------------------------------------------------
 
 
@@ -121,6 +140,9 @@ class EndReason(Enum):
     PROTOCOL_ERROR = "protocol_error"
     TOOL = "tool"
     SHUTDOWN = "shutdown"
+    TRANSFER = "transfer"
+    SILENCE = "silence"
+    MAX_DURATION = "max_duration"
 
 
 class Playback(Enum):
@@ -232,6 +254,22 @@ class ReplyPlayback(Notice):
 @dataclass(frozen=True, slots=True)
 class Dtmf(Notice):
     digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeypadEntry(Notice):
+    """``--dtmf-collect`` delivered ``digits`` keys to the agent as one message (no digits
+    here: they stay out of logs)."""
+
+    digits: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransferCancelled(Notice):
+    """A transfer that was waiting for its announcement did not happen (``why``)."""
+
+    target: str
+    why: str
 
 
 @dataclass(frozen=True, slots=True)

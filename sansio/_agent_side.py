@@ -14,6 +14,7 @@ from typing import Any
 
 from . import _agent
 from ._actions import Action, AgentReady, CallEnded, CloseAgent, EndReason, OpenAgent
+from ._callcontrol import Resume
 from ._config import BridgeConfig
 from ._control import Control
 from ._counters import Counters
@@ -27,6 +28,7 @@ from ._state import AGENT_OPEN, AgentState
 from ._timers import Clock
 from ._tools import Tools
 from ._uplink import Uplink
+from ._watch import Watch
 
 # Agent messages that only make sense once the agent is configured; before, they are ignored.
 _AFTER_SETTINGS = frozenset({"AgentAudioDone", "FunctionCallRequest", "InjectionRefused"})
@@ -52,9 +54,11 @@ class AgentSide:
     _injections: Injections
     _loads: Callable[[str], Any]
     _request_id: str
+    _resume: Resume | None
     _settings: dict[str, Any]
     _tools: Tools
     _uplink: Uplink
+    _watch: Watch
     _end: Callable[[EndReason, str, float], None]
     _fail: Callable[[Peer, str, int, float], None]
     _ignore: Callable[..., None]
@@ -96,6 +100,7 @@ class AgentSide:
         downlink = self._downlink
         assert downlink is not None  # READY implies Twilio's start was seen
         downlink.audio(audio)
+        self._watch.agent_active(now)
 
     def agent_closed(self, code: int | None, now: float, reason: str = "") -> None:
         """The agent leg is gone, or could not be opened (``reason`` says why)."""
@@ -147,6 +152,7 @@ class AgentSide:
         self._conversation.text(role, content)
         self._actions.append(_agent.notice("ConversationText", message))
         self._injections.seen(role, content, now)
+        self._watch.transcript(role, content, now)
 
     def _on_history(self, message: dict[str, Any], now: float) -> None:
         self._conversation.history(message)
@@ -165,6 +171,8 @@ class AgentSide:
         settings = self._settings
         if self._configured:
             settings = self._conversation.reconnect_settings(settings)
+        elif self._resume is not None:  # after a failed transfer: the call so far, a new greeting
+            settings = self._conversation.reconnect_settings(settings, self._resume.greeting)
         self._uplink.send_text(json.dumps(settings), now)
 
     # ------------------------------------------------------------------ failover

@@ -28,6 +28,7 @@ from ._actions import (
     ReplyPlayback,
 )
 from ._agent_side import AgentSide, Handler
+from ._callcontrol import Resume
 from ._config import BridgeConfig
 from ._control import Control, ControlInputs, Phase
 from ._counters import Counters
@@ -35,15 +36,24 @@ from ._downlink import Downlink
 from ._errors import LocalProtocolError, Peer, RemoteProtocolError, close_reason, decode_object
 from ._failover import Failover
 from ._history import Conversation
-from ._injections import Injections, user_message
+from ._injections import Injections
+from ._keypad import Keypad
 from ._playback import MAX_PENDING_MARKS, AgentPlayback
+from ._speech import Speech
 from ._state import AGENT_OPEN, ENDED, AgentState, TwilioState
 from ._timers import Clock, Hooks, call_timers
 from ._tools import Tools
+from ._transfer import Handoff
 from ._twilio import Oddity
 from ._uplink import Uplink
+from ._watch import Watch
 
 __all__ = ["MAX_PENDING_MARKS", "AgentState", "CallBridge", "TwilioState"]
+
+# Ends that the fallback takes over (the caller is still there, the agent is not).
+_AGENT_FAILURES = frozenset(
+    {EndReason.AGENT_ERROR, EndReason.AGENT_UNREACHABLE, EndReason.TIMEOUT, EndReason.SHUTDOWN}
+)
 
 
 class CallBridge(AgentSide, ControlInputs):
@@ -67,10 +77,8 @@ class CallBridge(AgentSide, ControlInputs):
         self._playback = playback = AgentPlayback(config.mark_interval_ms * 8, counters)
         self._marks = playback.marks  # the marks awaiting their echo, for tests to fill
         self._downlink: Downlink | None = None  # from Twilio's start
-        self._tools = tools = Tools(
-            config, self._actions, counters, up, lambda: playback.drained, self._end
-        )
         self._settings: dict[str, Any] = {}  # this call's, from Twilio's start
+        self._resume: Resume | None = None  # from Twilio's start, for a resumed call
         self._request_id = ""
         self._conversation = Conversation(config.history_limit)
         self._injections = inj = Injections(config.injection_limit, up, counters, self._actions)
@@ -78,6 +86,24 @@ class CallBridge(AgentSide, ControlInputs):
         self._failover = failover = Failover(config)
         self._configured = False  # a first SettingsApplied came: failures reconnect from now
         self._clock = clock = Clock(now)
+        control = config.control
+
+        def drained() -> bool:
+            return playback.drained
+
+        def ready() -> bool:
+            return self._agent_state is AgentState.READY
+
+        speech = Speech(inj, self._control, ready)
+        self._handoff = handoff = Handoff(control, self._actions, up, drained, speech, self._close)
+        self._watch = watch = Watch(control, speech, handoff, drained, self._end)
+        self._keypad = keypad = Keypad(
+            control, config.dtmf_template, self._actions, counters, speech, handoff, self._end
+        )
+        builtins = {control.transfer_tool: handoff.function_call} if control.transfer_tool else {}
+        self._tools = tools = Tools(
+            config, self._actions, counters, up, drained, self._end, builtins
+        )
         hooks = Hooks(
             lambda: self.finished,
             self._abort_open_legs,
@@ -86,18 +112,19 @@ class CallBridge(AgentSide, ControlInputs):
             self._agent_failed,
             self._reconnect,
         )
-        self._timers = call_timers(config, clock, up, tools, failover, hooks)
+        control_timers = (handoff, watch, keypad)
+        self._timers = call_timers(config, clock, up, tools, failover, hooks, control_timers)
         self._twilio_handlers: dict[object, Handler] = {
             "connected": lambda message, now: None,  # it carries nothing the call needs
             "start": self._on_start,
             "mark": self._on_mark,
-            "dtmf": self._on_dtmf,
+            "dtmf": lambda message, now: keypad.press(message, now),
             "stop": lambda message, now: self._hang_up("the caller hung up (stop)", now),
         }
         self._agent_handlers: dict[object, Handler] = {
             "Welcome": self._on_welcome,
             "SettingsApplied": self._on_settings_applied,
-            "UserStartedSpeaking": lambda message, now: self._open_downlink().barge_in(),
+            "UserStartedSpeaking": self._on_user_started_speaking,
             "AgentAudioDone": self._on_audio_done,
             "Error": lambda message, now: self._agent_failed(
                 EndReason.AGENT_ERROR, _agent.error_detail(message), now
@@ -230,6 +257,13 @@ class CallBridge(AgentSide, ControlInputs):
         if self._ended is None:
             self._end(reason, detail, now)
 
+    def redirected(self, ok: bool, detail: str, now: float) -> None:
+        """The driver's report on :class:`TransferCall` or :class:`FallbackCall`: the call
+        update succeeded (``ok``), or why not. A failed transfer leaves the call with the
+        agent; a done redirect ends the call (Twilio stops the stream as well)."""
+        if self._ended is None:
+            self._handoff.redirected(ok, detail, now)
+
     # ------------------------------------------------------------------ events
 
     def _on_start(self, message: dict[str, Any], now: float) -> None:
@@ -246,11 +280,16 @@ class CallBridge(AgentSide, ControlInputs):
         if refusal is not None:
             self._fail(Peer.TWILIO, f"call refused: {refusal}", 1008, now)
             return
+        resume = self.config.control.resume
+        self._resume = resume(start.call_sid, start.parameters) if resume is not None else None
+        self._watch.started(now)
         self.stream_sid = start.stream_sid
         self.custom_parameters = start.parameters
         self._twilio_state = TwilioState.STREAMING
         self._downlink = Downlink(start.stream_sid, self._playback, self._actions)
         self._settings = _agent.call_settings(self.config.settings, start.parameters)
+        if self._resume is not None:
+            self._conversation.seed(self._resume.history)
         self._actions.append(
             CallStarted(start.stream_sid, start.call_sid, start.account_sid, start.parameters)
         )
@@ -263,14 +302,16 @@ class CallBridge(AgentSide, ControlInputs):
         echo = self._downlink.echoed(name) if self._downlink and type(name) is str else None
         if echo is None:
             self._ignore(Peer.TWILIO, "echo of a mark never sent")
-        elif echo.last:
+            return
+        self._watch.agent_active(now)
+        if echo.last:
             self._tools.reply_played(now)
+            self._handoff.reply_played(now)
 
-    def _on_dtmf(self, message: dict[str, Any], now: float) -> None:
-        text = self._uplink.dtmf(message)
-        if text is not None:
-            ready = self._agent_state is AgentState.READY
-            self._injections.submit(user_message(text), now, ready)
+    def _on_user_started_speaking(self, message: dict[str, Any], now: float) -> None:
+        self._open_downlink().barge_in()
+        self._watch.user_spoke(now)
+        self._handoff.barge_in(now)
 
     # ------------------------------------------------------------------ timers
 
@@ -297,8 +338,25 @@ class CallBridge(AgentSide, ControlInputs):
         self._end(EndReason.PROTOCOL_ERROR, message, now)
 
     def _end(self, reason: EndReason, detail: str, now: float) -> None:
+        """End the call, unless a redirect takes the end over (a transfer in flight, or the
+        fallback of an agent failure while the caller is still on the stream)."""
+        error = self._error
+        agent_failed = self._twilio_state is TwilioState.STREAMING and (
+            reason in _AGENT_FAILURES
+            or (
+                reason is EndReason.PROTOCOL_ERROR
+                and error is not None
+                and error.peer is Peer.AGENT
+            )
+        )
+        if not self._handoff.takes_over(reason, detail, agent_failed, now):
+            self._close(reason, detail, now)
+
+    def _close(self, reason: EndReason, detail: str, now: float) -> None:
         """End the call exactly once: send the audio still held (however the call ends, the
         caller's last words are the agent's), withdraw tools, report, then close both legs."""
+        if self._ended is not None:
+            return
         if self._agent_state is AgentState.READY:
             self._uplink.flush()
         self._tools.withdraw_all()

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._callcontrol import CallControl
 from ._errors import ConfigError
 
 JsonLoads = Callable[[str], Any]
@@ -61,6 +62,7 @@ class BridgeConfig:
     history_limit: int = 100
     json_loads: JsonLoads = field(default=json.loads, compare=False)
     admit: Admit | None = field(default=None, compare=False)
+    control: CallControl = field(default_factory=CallControl)
 
     def __post_init__(self) -> None:
         validate_settings(self.settings)

@@ -10,7 +10,7 @@ it once.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 _CALL_FIELDS = (("id", str), ("name", str), ("client_side", bool), ("arguments", str))
@@ -39,14 +39,23 @@ class Conversation:
             kept = [{key: call[key] for key in call if key != "type"} for call in calls]
             self._entries.append({"type": "History", "function_calls": kept})
 
-    def reconnect_settings(self, settings: Mapping[str, Any]) -> dict[str, Any]:
-        """``settings`` for a new session of the same call (a stored agent id is left alone)."""
+    def seed(self, entries: Iterable[Mapping[str, Any]]) -> None:
+        """History from before this stream: a call resumed after a failed transfer."""
+        self._entries.extend(dict(entry) for entry in entries)
+
+    def reconnect_settings(
+        self, settings: Mapping[str, Any], greeting: str | None = None
+    ) -> dict[str, Any]:
+        """``settings`` for a new session of the same call (a stored agent id is left alone),
+        greeting with ``greeting`` if given (a resumed call's), else not at all."""
         result = dict(settings)
         agent = settings.get("agent")
         if not isinstance(agent, Mapping):
             return result
         agent = dict(agent)
         agent.pop("greeting", None)
+        if greeting is not None:
+            agent["greeting"] = greeting
         context = agent.get("context")
         context = dict(context) if isinstance(context, Mapping) else {}
         seeded = context.get("messages", agent.pop("messages", None))

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from ._actions import EndReason
 from ._config import BridgeConfig
 from ._failover import Failover
+from ._keypad import Keypad
 from ._state import ENDED, AgentState
 from ._tools import Tools
+from ._transfer import Handoff
 from ._uplink import Uplink
+from ._watch import Watch
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +98,11 @@ def call_timers(
     tools: Tools,
     failover: Failover,
     hooks: Hooks,
+    control: tuple[Handoff, Watch, Keypad],
 ) -> Timers:
     """The timers of one call. The call's end disarms all but ``close``."""
     c, S = config, AgentState
+    handoff, watch, keypad = control
 
     def timeout(detail: str) -> Callable[[float], None]:
         return lambda now: hooks.end(EndReason.TIMEOUT, detail, now)
@@ -140,6 +145,10 @@ def call_timers(
             Timer("chunk", {S.READY}, uplink.chunk_due, lambda now: uplink.flush()),
             Timer("keepalive", {S.READY}, uplink.keepalive_due, uplink.keepalive),
             Timer("hangup", {S.READY}, tools.hangup_due, tools.hangup_deadline),
+            Timer("handoff", set(S), handoff.due, handoff.fire),
+            Timer("silence", {S.READY}, watch.silence_due, watch.silence),
+            Timer("max_duration", set(S), watch.duration_due, watch.duration),
+            Timer("dtmf_collect", set(S), keypad.due, keypad.fire),
             Timer("reconnect", {S.RECONNECTING}, failover.due, hooks.reconnect),
         )
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._actions import Action, AgentNotice, CancelTool, EndReason, RunTool
@@ -23,6 +23,7 @@ class Tools:
 
     __slots__ = (
         "_actions",
+        "_builtins",
         "_counters",
         "_drained",
         "_end",
@@ -46,7 +47,9 @@ class Tools:
         uplink: Uplink,
         drained: Callable[[], bool],
         end: Callable[[EndReason, str, float], None],
+        builtins: Mapping[str, Callable[[FunctionCall, float], None]],
     ) -> None:
+        self._builtins = builtins  # client-side functions the core answers itself
         self._end_call = config.end_call_tool
         self._grace = config.hangup_grace
         self._timeout = config.hangup_timeout
@@ -106,6 +109,9 @@ class Tools:
                 self._hangup_id = call.call_id
                 self._hangup_requested = now
                 self._hangup_at = now + self._grace
+        elif call.name in self._builtins:
+            self._actions.append(AgentNotice("FunctionCallRequest", call.message))
+            self._builtins[call.name](call, now)
         else:
             self._pending[call.call_id] = call.name
             self._actions.append(RunTool(call.call_id, call.name, call.arguments))

@@ -9,14 +9,10 @@ become injections (see :mod:`._injections`).
 
 from __future__ import annotations
 
-from typing import Any
-
-from ._actions import Action, Dtmf, SendAgentAudio, SendAgentText
+from ._actions import Action, SendAgentAudio, SendAgentText
 from ._agent import KEEPALIVE
 from ._config import BridgeConfig
 from ._counters import Counters
-from ._errors import Peer
-from ._twilio import Oddity, dtmf_digit
 
 
 class Uplink:
@@ -27,7 +23,6 @@ class Uplink:
         "_chunk",
         "_chunk_s",
         "_counters",
-        "_dtmf_template",
         "_keepalive_s",
         "_pending",
         "_preroll_cap",
@@ -44,7 +39,6 @@ class Uplink:
         self._chunk_s = config.chunk_ms / 1000
         self._preroll_cap = config.preroll_bytes
         self._keepalive_s = config.keepalive_interval
-        self._dtmf_template = config.dtmf_template
         self._pending = bytearray()
         self._since = now  # when the oldest pending byte arrived
         self._tx = now  # when the agent was last sent anything
@@ -77,15 +71,6 @@ class Uplink:
         if excess > 0:
             del pending[:excess]
             self._counters.preroll_dropped_bytes += excess
-
-    def dtmf(self, message: dict[str, Any]) -> str | None:
-        """A key the caller pressed: the text to inject as the caller's words, if it is one."""
-        digit = dtmf_digit(message)
-        if isinstance(digit, Oddity):
-            self._counters.ignore(Peer.TWILIO, digit.detail)
-            return None
-        self._actions.append(Dtmf(digit))
-        return self._dtmf_template.replace("{digit}", digit)
 
     def release(self, now: float, keep_bytes: int | None = None) -> None:
         """``SettingsApplied``: send the whole chunks of the newest ``keep_bytes`` of pre-roll

@@ -30,6 +30,7 @@ from server.records.store import RecordsError, open_store
 from server.records.webhook import Deliverer
 from server.tools import ToolRegistry
 from server.twilio_leg import TwilioLeg
+from server.twilio_rest import TwilioRestClient
 
 log = logging.getLogger("server")
 
@@ -60,6 +61,8 @@ class Server:
             self.records = open_store(options.records, options.records_retention_days)
         except RecordsError as exc:
             raise StartupError(str(exc)) from None
+        # One Twilio REST client (a connection pool) for every call: transfers and fallbacks.
+        self.twilio = TwilioRestClient(options.twilio) if options.twilio is not None else None
         self.webhook: Deliverer | None = None
         if options.webhook is not None and self.records is not None:
             self.records.outbox = True
@@ -74,6 +77,7 @@ class Server:
             self.agent_url,
             self.records,
             self.recordings,
+            self.twilio,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -185,6 +189,8 @@ class Server:
         if self._stop_local_agent is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._stop_local_agent(), 2.0)
+        if self.twilio is not None:
+            await self.twilio.aclose()
         if self.recordings is not None:
             await asyncio.to_thread(self.recordings.close)
         if self.records is not None:  # what the calls queued is written before we return

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -35,6 +36,8 @@ from sansio import (
     CloseTwilio,
     Dtmf,
     EndReason,
+    FallbackCall,
+    KeypadEntry,
     Notice,
     OpenAgent,
     PeerIgnored,
@@ -46,7 +49,10 @@ from sansio import (
     SendTwilioMedia,
     SendTwilioText,
     Transcript,
+    TransferCall,
+    TransferCancelled,
 )
+from server import handoff
 from server.agent_leg import AgentLeg
 from server.metrics import Metrics
 from server.options import ServerOptions
@@ -55,6 +61,8 @@ from server.records.recorder import CallRecorder
 from server.records.store import RecordStore
 from server.tools import ToolRegistry
 from server.twilio_leg import TwilioLeg
+from server.twilio_rest import TwilioRestClient, TwilioRestError
+from server.twiml import twiml_dial
 from server.ws import WsPeer
 
 log = logging.getLogger("server.call")
@@ -74,6 +82,7 @@ class CallContext:
     agent_url: str
     records: RecordStore | None
     recordings: AudioRecorder | None
+    twilio: TwilioRestClient | None = None
 
 
 class CallDriver:
@@ -99,6 +108,9 @@ class CallDriver:
         self.agent: AgentLeg | None = None
         self.call_sid = ""
         self.stream_sid = ""
+        self.account_sid = ""
+        self._turns: deque[tuple[str, str]] = deque(maxlen=handoff.MAX_TURNS)  # for a transfer
+        self._redirects: set[asyncio.Task[None]] = set()
         self.finished = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -138,7 +150,7 @@ class CallDriver:
             CancelTool: self._cancel_tool,
             CallStarted: self._on_call_started,
             CallEnded: self._on_call_ended,
-            Transcript: self._on_transcript,
+            Transcript: self._on_turn,
             BargeIn: self._on_barge_in,
             AgentWarning: self._on_agent_warning,
             PeerIgnored: self._on_peer_ignored,
@@ -148,6 +160,10 @@ class CallDriver:
             AgentReconnected: self._on_agent_ready,
             ReplyPlayback: self._on_debug_notice,
             Dtmf: self._on_dtmf,
+            TransferCall: self._transfer,
+            FallbackCall: self._fallback,
+            TransferCancelled: self._on_transfer_cancelled,
+            KeypadEntry: self._on_keypad_entry,
         }
 
     # ------------------------------------------------------------------ Twilio side
@@ -308,7 +324,7 @@ class CallDriver:
             self._pump()
         except Exception:  # a driver bug must cost one call, never the server
             log.exception("error in call %s; dropping it", self.call_sid or self.peer)
-            self.abort()
+            self._fault_fallback()
 
     def _finish(self) -> None:
         self.finished = True
@@ -401,6 +417,7 @@ class CallDriver:
 
     def _on_call_started(self, notice: CallStarted) -> None:
         self.call_sid = notice.call_sid
+        self.account_sid = notice.account_sid
         self.stream_sid = notice.stream_sid
         self.metrics.calls_started += 1
         log.info(
@@ -459,6 +476,11 @@ class CallDriver:
             stats.undecodable_media,
             stats.ignored_messages,
         )
+
+    def _on_turn(self, notice: Transcript) -> None:
+        """A line of the conversation: kept (bounded) for a transfer's resume, then logged."""
+        self._turns.append((notice.role, notice.content))
+        self._on_transcript(notice)
 
     def _on_agent_ready(self, notice: AgentReady | AgentReconnected) -> None:
         """Deepgram support asks for the session's request_id: one INFO line per session."""
@@ -527,6 +549,100 @@ class CallDriver:
     def _on_debug_notice(self, notice: Notice) -> None:
         if self._debug:
             log.debug("callSid=%s %r", self.call_sid, notice)
+
+    # ------------------------------------------------------------------ call control
+
+    def _transfer(self, action: TransferCall) -> None:
+        """Update the call with a ``<Dial>`` whose signed action URL can resume the call."""
+        options = self.options
+        public, key = options.public_url, options.handoff_key
+        action_url = None
+        if public is not None and key:
+            # With a records store the dial action reads the turns from it; else they ride along.
+            history = None if self._store is not None else handoff.bounded_history(self._turns)
+            base = public.request_url("")
+            action_url = handoff.action_url(base, key, self.call_sid, action.target, history)
+        twiml = twiml_dial(action.number, action_url, options.dial_timeout)
+        log.info(
+            "transfer callSid=%s target=%s reason=%r",
+            self.call_sid or "-",
+            action.target,
+            action.reason[:80],
+        )
+        self._redirect(twiml, "transfer", self.metrics)
+
+    def _fallback(self, action: FallbackCall) -> None:
+        """The agent cannot go on: hand the caller to the fallback TwiML instead of hanging up."""
+        twiml = self.options.fallback_twiml
+        assert twiml is not None  # the core asks for it only when one is configured
+        self.metrics.fallbacks += 1
+        log.warning(
+            "fallback callSid=%s reason=%s detail=%r",
+            self.call_sid or "-",
+            action.reason,
+            action.detail,
+        )
+        self._redirect(twiml, "fallback", None)
+
+    def _redirect(self, twiml: str, what: str, counted: Metrics | None) -> None:
+        task = self.loop.create_task(self._update_call(twiml, what, counted))
+        self._redirects.add(task)
+        task.add_done_callback(self._redirects.discard)
+
+    async def _update_call(self, twiml: str, what: str, counted: Metrics | None) -> None:
+        rest = self.context.twilio
+        ok, detail = False, "no Twilio REST credentials"
+        if rest is not None and self.call_sid:
+            try:
+                await rest.update_call(
+                    self.call_sid, account_sid=self.account_sid or None, twiml=twiml
+                )
+                ok, detail = True, ""
+            except (TwilioRestError, ValueError) as exc:
+                detail = str(exc)
+        if ok and counted is not None:
+            counted.transfers += 1
+        if not ok:
+            self.metrics.redirect_failures += 1
+            log.warning("%s failed callSid=%s: %s", what, self.call_sid or "-", detail)
+        self.core.redirected(ok, detail, self.loop.time())
+        self._pump()
+
+    def _fault_fallback(self) -> None:
+        """A driver fault: redirect the caller to the fallback (bounded), then drop the legs."""
+        rest, twiml = self.context.twilio, self.options.fallback_twiml
+        if rest is None or twiml is None or not self.call_sid or self.core.ended is not None:
+            self.abort()
+            return
+        self.metrics.fallbacks += 1
+
+        async def redirect_then_abort() -> None:
+            try:
+                await asyncio.wait_for(
+                    rest.update_call(
+                        self.call_sid, account_sid=self.account_sid or None, twiml=twiml
+                    ),
+                    2.0,
+                )
+            except (TwilioRestError, ValueError, TimeoutError) as exc:
+                log.warning("fallback failed callSid=%s: %s", self.call_sid, exc)
+            finally:
+                self.abort()
+
+        task = self.loop.create_task(redirect_then_abort())
+        self._redirects.add(task)
+        task.add_done_callback(self._redirects.discard)
+
+    def _on_transfer_cancelled(self, notice: TransferCancelled) -> None:
+        log.info(
+            "transfer cancelled callSid=%s target=%s: %s",
+            self.call_sid or "-",
+            notice.target,
+            notice.why,
+        )
+
+    def _on_keypad_entry(self, notice: KeypadEntry) -> None:
+        log.info("keypad entry callSid=%s digits=%d", self.call_sid or "-", notice.digits)
 
     def _handler_for(self, kind: type[Action]) -> Callable[[Any], None]:
         """The handler of the nearest registered base class: a subclass of an action is run

@@ -184,8 +184,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="write one stereo WAV per call here (left: caller; right: agent as heard)")
     add("--recording-notice", default=None, metavar="TEXT",
         help="the agent says TEXT first (put before the greeting), e.g. a consent notice")
+    _add_call_control(p)
     add("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     return p
+
+
+def _add_call_control(p: argparse.ArgumentParser) -> None:
+    """Transfers, keypad and safety rules, fallback, silence and length (docs/call-control.md)."""
+    g = p.add_argument_group("call control (docs/call-control.md)")
+    add = g.add_argument
+    add("--transfer-target", action="append", default=[], metavar="NAME=NUMBER",
+        help="a transfer target the model may pick by NAME (E.164 or sip: URI; repeatable)")
+    add("--dial-timeout", type=_positive_int, default=30,
+        help="seconds a transfer or fallback <Dial> rings (default 30)")
+    add("--keypad", action="append", default=[], metavar="KEY=ACTION",
+        help="a key that acts at once, no agent turn: KEY=transfer:NAME or KEY=hangup")
+    add("--safety-rules", default=None, metavar="FILE",
+        help="phrases that make the agent say a fixed message and transfer (TOML or JSON)")
+    add("--fallback-target", default=None, metavar="NAME",
+        help="when the agent fails, say a message and dial this --transfer-target")
+    add("--fallback-twiml", default=None, metavar="FILE",
+        help="when the agent fails, redirect the call to this TwiML (e.g. voicemail)")
+    add("--fallback-message", default="I'm sorry, our assistant is not available right now. "
+        "Please hold while I connect you.", help="what --fallback-target says first")
+    add("--silence-reprompt", type=_seconds, default=None, metavar="SECONDS",
+        help="after this much silence on both sides the agent asks if the caller is there")
+    add("--silence-hangup", type=_positive_int, default=None, metavar="N",
+        help="after N unanswered reprompts, say goodbye and hang up (reason silence)")
+    add("--reprompt-text", default="Are you still there?", help="the silence reprompt")
+    add("--max-call-duration", type=_seconds, default=None, metavar="SECONDS",
+        help="warn one minute before, then end the call (reason max_duration)")
+    add("--dtmf-collect", action="store_true",
+        help="gather keypad digits into one message to the agent")
+    add("--dtmf-terminator", default="#", help="the key that ends a --dtmf-collect entry")
+    add("--dtmf-timeout", type=_seconds, default=3.0,
+        help="seconds between digits before a --dtmf-collect entry is delivered (default 3)")
 
 
 class RedactSecrets(logging.Filter):
@@ -299,6 +332,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if tools.tools:
             log.info("client-side tools: %s", ", ".join(sorted(tools.tools)))
+        if options.twilio is None:
+            log.warning(
+                "no Twilio REST credentials (TWILIO_AUTH_TOKEN or TWILIO_API_KEY/SECRET): "
+                "no transfer and no fallback is possible; a failed call is hung up"
+            )
         return run(options, tools, args_list)
 
     return _guarded(body)

@@ -26,12 +26,12 @@ from urllib.parse import parse_qsl
 import h11
 from wsproto.utilities import generate_accept_token
 
-from server import __version__, signature
+from server import __version__, handoff, signature
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import Metrics
 from server.options import MEDIA_STREAM_PATH, WEBHOOK_PATH, ServerOptions
 from server.records.store import RecordStore
-from server.twiml import twiml_busy, twiml_stream
+from server.twiml import twiml_busy, twiml_hangup, twiml_stream
 
 log = logging.getLogger("server.http")
 
@@ -59,7 +59,10 @@ _ROUTES_METHODS = {
     "/healthz": (b"GET",),
     "/metrics": (b"GET",),
     MEDIA_STREAM_PATH: (b"GET",),
+    handoff.DIAL_ACTION_PATH: (b"GET", b"POST"),
+    handoff.STREAM_STATUS_PATH: (b"POST",),
 }
+_DIAL_DONE = frozenset({"completed", "answered"})
 
 
 class Site(Protocol):
@@ -248,6 +251,10 @@ class HttpProtocol(asyncio.Protocol):
             return
         if path == WEBHOOK_PATH:
             self._webhook(request, target, query)
+        elif path == handoff.DIAL_ACTION_PATH:
+            self._dial_action(request, target, query)
+        elif path == handoff.STREAM_STATUS_PATH:
+            self._stream_status(request, target, query)
         elif path == MEDIA_STREAM_PATH:
             self._upgrade(request)
         elif path == "/healthz":
@@ -298,7 +305,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._json(200, record.to_json())
         conn = self.h11
         if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-            self._close()
+            self.close()
         elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
             self._arm_request_timer()
@@ -315,14 +322,17 @@ class HttpProtocol(asyncio.Protocol):
             return None
         return host
 
-    def _webhook(self, request: h11.Request, target: str, query: str) -> None:
-        server = self.server
-        options = server.options
+    def _twilio_form(
+        self, request: h11.Request, target: str, query: str, what: str
+    ) -> list[tuple[str, str]] | None:
+        """The parameters of a request from Twilio, its signature checked (with
+        TWILIO_AUTH_TOKEN); None when it was answered already (400, 403)."""
+        options = self.server.options
         public = options.public_url
         host = self._host(request)
         if public is None and host is None:
             self._respond(400, b"missing or invalid Host header\n")
-            return
+            return None
         if request.method == b"POST":
             content_type = (_header(request.headers, b"content-type") or "").lower()
             if content_type.startswith("application/x-www-form-urlencoded"):
@@ -332,7 +342,7 @@ class HttpProtocol(asyncio.Protocol):
                     )
                 except UnicodeDecodeError:
                     self._respond(400, b"form body is not UTF-8\n")
-                    return
+                    return None
             else:
                 form = []
             params = form  # a POST is signed over the URL plus its form parameters
@@ -348,23 +358,135 @@ class HttpProtocol(asyncio.Protocol):
                     url = public.request_url(target)
             else:
                 url = f"{self._forwarded_scheme(request)}://{host}{target}"
-            if not self._signed(request.headers, signature.url_variants(url), params, "webhook"):
-                return
+            if not self._signed(request.headers, signature.url_variants(url), params, what):
+                return None
+        return form
+
+    def _base_urls(self, request: h11.Request) -> tuple[str, str]:
+        """The media stream's wss:// URL and the https:// base of this server's routes."""
+        public = self.server.options.public_url
+        if public is not None:
+            return public.stream_url, public.request_url("")
+        host = self._host(request)
+        return f"wss://{host}{MEDIA_STREAM_PATH}", f"{self._forwarded_scheme(request)}://{host}"
+
+    def _webhook(self, request: h11.Request, target: str, query: str) -> None:
+        form = self._twilio_form(request, target, query, "webhook")
+        if form is None:
+            return
 
         if self._refused_for_capacity("webhook answered busy"):
             self._respond(200, twiml_busy().encode(), "text/xml; charset=utf-8")
             return
 
-        stream_url = public.stream_url if public is not None else f"wss://{host}{MEDIA_STREAM_PATH}"
         values = dict(form)
         parameters = [(name, values[name]) for name in TWIML_PARAMETERS if name in values]
+        self._connect_stream(request, values.get("CallSid", ""), parameters)
+
+    def _connect_stream(
+        self, request: h11.Request, call_sid: str, parameters: list[tuple[str, str]]
+    ) -> None:
+        """Answer with TwiML connecting the call to a media stream (with status callbacks)."""
+        options = self.server.options
         if options.require_call_token and options.auth_token:
-            token = signature.issue_call_token(
-                options.auth_token, values.get("CallSid", ""), time.time()
-            )
+            token = signature.issue_call_token(options.auth_token, call_sid, time.time())
             parameters.append((signature.CALL_TOKEN_PARAMETER, token))
-        body = twiml_stream(stream_url, parameters).encode("utf-8")
+        stream_url, base = self._base_urls(request)
+        status_callback = base + handoff.STREAM_STATUS_PATH
+        body = twiml_stream(stream_url, parameters, status_callback).encode("utf-8")
         self._respond(200, body, "text/xml; charset=utf-8")
+
+    # ------------------------------------------------------------------ call control
+
+    def _dial_action(self, request: h11.Request, target: str, query: str) -> None:
+        """A transfer's ``<Dial action>``: hang up after a bridged call; after no-answer, busy
+        or failed, reconnect the caller to a new stream that resumes the conversation."""
+        form = self._twilio_form(request, target, query, "dial action")
+        if form is None:
+            return
+        values = dict(form)
+        status = values.get("DialCallStatus", "")
+        call_sid = values.get("CallSid", "")
+        log.info("dial action callSid=%s DialCallStatus=%s", call_sid or "-", status or "-")
+        if status in _DIAL_DONE:
+            self._respond(200, twiml_hangup().encode(), "text/xml; charset=utf-8")
+            return
+        key = self.server.options.handoff_key
+        checked = handoff.check_action(key, call_sid, dict(parse_qsl(query))) if key else None
+        if checked is None:
+            log.warning("dial action refused: an action URL not signed for call %s", call_sid)
+            self._respond(403, b"invalid action URL\n")
+            return
+        name, history = checked
+        store = self.server.records
+        if history is not None or store is None:
+            self._resume(request, values, name, status, history or [])
+            return
+        future = self.loop.run_in_executor(None, store.load, call_sid)  # a thread, as records
+        future.add_done_callback(
+            lambda done: self._resume_loaded(done, request, values, name, status)
+        )
+
+    def _resume_loaded(
+        self,
+        done: asyncio.Future[Any],
+        request: h11.Request,
+        values: dict[str, str],
+        name: str,
+        status: str,
+    ) -> None:
+        if self._closing or self.transport is None or self.transport.is_closing():
+            return
+        try:
+            record = done.result()
+        except Exception as exc:
+            kind = type(exc).__name__
+            log.error("reading the record of %s failed: %s", values.get("CallSid"), kind)
+            record = None
+        turns = [(t.role, t.text) for t in record.turns] if record is not None else []
+        self._resume(request, values, name, status, handoff.bounded_history(turns))
+        conn = self.h11
+        if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+            self.close()
+        elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            self._arm_request_timer()
+            self._process()
+
+    def _resume(
+        self,
+        request: h11.Request,
+        values: dict[str, str],
+        name: str,
+        status: str,
+        history: list[dict[str, str]],
+    ) -> None:
+        key = self.server.options.handoff_key
+        assert key is not None
+        call_sid = values.get("CallSid", "")
+        parameters = [(p, values[p]) for p in TWIML_PARAMETERS if p in values]
+        parameters += handoff.resume_parameters(key, call_sid, name, status or "failed", history)
+        self._connect_stream(request, call_sid, parameters)
+
+    def _stream_status(self, request: h11.Request, target: str, query: str) -> None:
+        """``<Stream statusCallback>``: a ``stream-error`` is where Twilio reports a failed
+        handshake with this server."""
+        form = self._twilio_form(request, target, query, "stream status")
+        if form is None:
+            return
+        values = dict(form)
+        event = values.get("StreamEvent", "")
+        if event == "stream-error":
+            self.server.metrics.stream_errors += 1
+            log.warning(
+                "stream error callSid=%s streamSid=%s: %s",
+                values.get("CallSid", "-"),
+                values.get("StreamSid", "-"),
+                values.get("StreamError", "")[:200] or "(no detail)",
+            )
+        elif self.server.debug:
+            log.debug("stream status callSid=%s %s", values.get("CallSid", "-"), event[:40])
+        self._respond(200, b"", "text/plain; charset=utf-8")
 
     def _forwarded_scheme(self, request: h11.Request) -> str:
         proto = _header(request.headers, b"x-forwarded-proto")

@@ -52,6 +52,10 @@ _COUNTERS = (
     "tool_errors",
     "webhook_delivered",
     "webhook_gave_up",
+    "transfers",
+    "fallbacks",
+    "redirect_failures",
+    "stream_errors",
 )
 _LABELLED = ("calls_ended", "calls_rejected", "http_responses", "webhook_failures")
 
@@ -108,6 +112,10 @@ class Metrics:
         self.undecodable_media = 0
         self.ignored_messages = 0
         self.tool_errors = 0
+        self.transfers = 0  # call control (docs/call-control.md)
+        self.fallbacks = 0
+        self.redirect_failures = 0
+        self.stream_errors = 0
         self.http_responses: dict[int, int] = {}
         self.webhook_delivered = 0  # written by the webhook deliverer thread only
         self.webhook_failures: dict[str, int] = {}
@@ -261,6 +269,14 @@ class Metrics:
                [("", v["tool_calls"])])
         metric("tool_errors_total", "counter", "Tool calls that failed, timed out or were unknown.",
                [("", v["tool_errors"])])
+        metric("transfers_total", "counter", "Transfers placed (call updated with a <Dial>).",
+               [("", v["transfers"])])
+        metric("fallbacks_total", "counter", "Calls redirected to the fallback.",
+               [("", v["fallbacks"])])
+        metric("redirect_failures_total", "counter", "Transfer or fallback updates that failed.",
+               [("", v["redirect_failures"])])
+        metric("stream_errors_total", "counter", "stream-error events of stream status callbacks.",
+               [("", v["stream_errors"])])
         metric("http_responses_total", "counter", "HTTP responses sent, by status code.",
                by("code", v["http_responses"], int))
 

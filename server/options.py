@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sansio import BridgeConfig, ConfigError
-from server import signature
+from sansio import BridgeConfig, CallControl, ConfigError, SafetyRule
+from server import handoff, signature
 from server.records import store as records_store
 from server.records.redact import Redactor, RedactorLoadError, keep, load_redactor
 from server.records.webhook import WebhookConfig
+from server.twilio_rest import TwilioCredentials
+from server.twiml import twiml_fallback
 
 DEFAULT_AGENT_URL = "wss://agent.deepgram.com/v1/agent/converse"
 LOCAL_AGENT = "local"
@@ -92,6 +94,16 @@ class ServerOptions:
     records: str | None = None
     records_retention_days: float | None = None
     control_token: str | None = field(default=None, repr=False)
+    twilio: TwilioCredentials | None = None
+    fallback_twiml: str | None = None
+    dial_timeout: int = 30
+
+    @property
+    def handoff_key(self) -> str | None:
+        """What signs a transfer's action URL and resume parameters (any instance has it)."""
+        twilio = self.twilio
+        return self.auth_token or (twilio.api_secret if twilio is not None else None)
+
     webhook: WebhookConfig | None = None
     record_audio: str | None = None
 
@@ -104,8 +116,9 @@ class ServerOptions:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in a log line."""
+        rest = self.twilio.api_secret if self.twilio is not None else None
         webhook_secret = self.webhook.secret if self.webhook is not None else None
-        values = (self.api_key, self.auth_token, self.control_token, webhook_secret)
+        values = (self.api_key, self.auth_token, self.control_token, rest, webhook_secret)
         return tuple(s for s in values if s)
 
 
@@ -177,7 +190,115 @@ _FLAG_OF_FIELD = {
     "hangup_grace": "--hangup-grace",
     "hangup_timeout": "--hangup-timeout",
     "dtmf_template": "--dtmf-template",
+    "targets": "--transfer-target",
+    "keypad": "--keypad",
+    "safety_rules": "--safety-rules",
+    "silence_reprompt": "--silence-reprompt",
+    "silence_hangup": "--silence-hangup",
+    "max_call_duration": "--max-call-duration",
+    "dtmf_terminator": "--dtmf-terminator",
+    "dtmf_timeout": "--dtmf-timeout",
 }
+MAX_TWIML_CHARS = 4000  # what Twilio takes in a call update's Twiml
+
+
+def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
+    """``NAME=VALUE`` flags (repeatable) as a mapping; a repeated name is a mistake."""
+    pairs: dict[str, str] = {}
+    for item in values or ():
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise StartupError(f"invalid {flag} {item!r}: use NAME=VALUE")
+        if name in pairs:
+            raise StartupError(f"invalid {flag}: {name} is given twice")
+        pairs[name] = value
+    return pairs
+
+
+def load_safety_rules(path: str) -> tuple[SafetyRule, ...]:
+    """``--safety-rules FILE``: TOML (``*.toml``) or JSON, ``[[rule]]`` tables each with
+    ``name``, ``phrases`` (a list), ``message`` and ``target`` (docs/call-control.md)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StartupError(f"cannot read --safety-rules {path}: {exc}") from None
+    try:
+        if path.endswith(".toml"):
+            import tomllib
+
+            data: Any = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except ValueError as exc:
+        raise StartupError(f"invalid --safety-rules {path}: {exc}") from None
+    entries = data.get("rule") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise StartupError(f"invalid --safety-rules {path}: no [[rule]] entries")
+    rules = []
+    for index, entry in enumerate(entries):
+        phrases = entry.get("phrases") if isinstance(entry, dict) else None
+        fields = [entry.get(k) for k in ("name", "message", "target")] if phrases else []
+        if not isinstance(phrases, list) or not all(isinstance(f, str) for f in fields):
+            raise StartupError(
+                f"invalid --safety-rules {path}: rule {index} needs name, phrases, message, target"
+            )
+        name, message, target = fields
+        rules.append(SafetyRule(name, tuple(str(p) for p in phrases), message, target))
+    return tuple(rules)
+
+
+def _fallback_twiml(args: Any, targets: dict[str, str]) -> str | None:
+    """The TwiML of ``--fallback-target NAME`` (say, then dial) or ``--fallback-twiml FILE``."""
+    name = getattr(args, "fallback_target", None)
+    path = getattr(args, "fallback_twiml", None)
+    if name and path:
+        raise StartupError("--fallback-target and --fallback-twiml are alternatives: give one")
+    if name:
+        if name not in targets:
+            raise StartupError(f"invalid --fallback-target {name!r}: not a --transfer-target name")
+        return twiml_fallback(targets[name], args.fallback_message, args.dial_timeout)
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StartupError(f"cannot read --fallback-twiml {path}: {exc}") from None
+    from xml.etree import ElementTree
+
+    try:
+        root = ElementTree.fromstring(text)
+    except ElementTree.ParseError as exc:
+        raise StartupError(f"invalid --fallback-twiml {path}: {exc}") from None
+    if root.tag != "Response" or len(text) > MAX_TWIML_CHARS:
+        raise StartupError(
+            f"invalid --fallback-twiml {path}: a <Response> of {MAX_TWIML_CHARS} characters at most"
+        )
+    return text
+
+
+def _call_control(args: Any, twilio: TwilioCredentials | None, key: str | None) -> CallControl:
+    targets = _pairs(getattr(args, "transfer_target", None), "--transfer-target")
+    rules_path = getattr(args, "safety_rules", None)
+    fallback = _fallback_twiml(args, targets)
+    try:
+        return CallControl(
+            targets=targets,
+            keypad=_pairs(getattr(args, "keypad", None), "--keypad"),
+            safety_rules=load_safety_rules(rules_path) if rules_path else (),
+            fallback=twilio is not None and fallback is not None,
+            silence_reprompt=args.silence_reprompt,
+            silence_hangup=args.silence_hangup,
+            reprompt_text=args.reprompt_text,
+            max_call_duration=args.max_call_duration,
+            dtmf_collect=args.dtmf_collect,
+            dtmf_terminator=args.dtmf_terminator,
+            dtmf_timeout=args.dtmf_timeout,
+            resume=handoff.resume_hook(key) if key else None,
+        )
+    except ConfigError as exc:
+        flag = _FLAG_OF_FIELD.get(exc.field, exc.field)
+        raise StartupError(f"invalid {flag}: {exc.reason}") from None
 
 
 def _json_loads() -> Callable[[str], Any]:
@@ -231,6 +352,12 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
         agent = settings.setdefault("agent", {})
         agent["greeting"] = f"{notice.strip()} {agent.get('greeting', '')}".strip()
     try:
+        twilio = TwilioCredentials.from_env(env)
+    except ValueError as exc:
+        raise StartupError(f"invalid Twilio REST credentials: {exc}") from None
+    key = auth_token or (twilio.api_secret if twilio is not None else None)
+    control = _call_control(args, twilio, key)
+    try:
         bridge = BridgeConfig(
             settings=settings,
             chunk_ms=args.chunk_ms,
@@ -249,6 +376,7 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
             dtmf_template=args.dtmf_template,
             json_loads=_json_loads(),
             admit=admit,
+            control=control,
         )
     except ConfigError as exc:
         flag = _FLAG_OF_FIELD.get(exc.field, exc.field)
@@ -300,6 +428,9 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
         records=records,
         records_retention_days=getattr(args, "records_retention_days", None),
         control_token=env.get("BRIDGE_CONTROL_TOKEN", "").strip() or None,
+        twilio=twilio,
+        fallback_twiml=_fallback_twiml(args, dict(control.targets)),
+        dial_timeout=args.dial_timeout,
         webhook=webhook,
         record_audio=record_audio or None,
     )

@@ -240,7 +240,7 @@ def test_an_end_call_in_progress_is_not_reconnected() -> None:
 
 
 def test_a_stored_agent_id_reconnects_unchanged() -> None:
-    from .helpers import SETTINGS
+    from tests.helpers import SETTINGS
 
     settings = {**SETTINGS, "agent": "0f6b6c6e-1111-2222-3333-444455556666"}
     call = Call(config(settings=settings))
@@ -251,7 +251,7 @@ def test_a_stored_agent_id_reconnects_unchanged() -> None:
 
 
 def test_seeded_context_comes_first_and_the_history_is_bounded() -> None:
-    from .helpers import SETTINGS
+    from tests.helpers import SETTINGS
 
     seeded = [{"type": "History", "role": "user", "content": "seed"}]
     settings = {**SETTINGS, "agent": {**SETTINGS["agent"], "context": {"messages": seeded}}}

@@ -57,6 +57,10 @@ def test_each_deadline_of_a_call_is_one_row() -> None:
         "chunk",
         "keepalive",
         "hangup",
+        "handoff",
+        "silence",
+        "max_duration",
+        "dtmf_collect",
         "reconnect",
     ]
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from sansio import Action, AgentState, Dtmf, SendAgentAudio, SendAgentText
+from sansio import Action, AgentState, SendAgentAudio, SendAgentText
 from sansio._counters import Counters
 from sansio._uplink import Uplink
 from tests.helpers import (
@@ -13,7 +11,6 @@ from tests.helpers import (
     agent_audio_of,
     agent_texts,
     config,
-    twilio_dtmf,
     twilio_media,
 )
 
@@ -52,13 +49,6 @@ def test_a_partial_chunk_waits_for_its_deadline_then_flushes() -> None:
     assert up.held_bytes == 80 and up.chunk_due() == 1.02 + 0.04
     up.flush()
     assert actions[-1] == SendAgentAudio(b"\x02" * 80, 1.02) and up.chunk_due() is None
-
-
-def test_dtmf_becomes_the_text_to_inject() -> None:
-    up, actions, counters = make(dtmf_template="key {digit}")
-    assert up.dtmf(json.loads(twilio_dtmf("5"))) == "key 5"
-    assert up.dtmf(json.loads(twilio_dtmf("55"))) is None
-    assert actions[0] == Dtmf("5") and counters.ignored_messages == 1
 
 
 def test_keepalive_counts_from_the_last_text_or_audio_sent() -> None:

@@ -31,8 +31,11 @@ from tests.server_support import (
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in (
-        "DEEPGRAM_API_KEY", "TWILIO_AUTH_TOKEN", "PUBLIC_URL", "DEEPGRAM_AGENT_URL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DEEPGRAM_API_KEY", "TWILIO_AUTH_TOKEN", "PUBLIC_URL", "DEEPGRAM_AGENT_URL")
+    }
     env["PYTHONPATH"] = str(ROOT)
     env.update(extra)
     return env
@@ -41,7 +44,11 @@ def _env(**extra: str) -> dict[str, str]:
 def _run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "server", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=30,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -80,13 +87,28 @@ def test_env_file_is_read_and_does_not_override(tmp_path: Path) -> None:
     [
         ("{not json", "not valid JSON"),
         ('{"type": "Settings"}', "settings.audio"),
-        (json.dumps({"type": "Settings", "audio": {
-            "input": {"encoding": "mulaw", "sample_rate": 16000},
-            "output": {"encoding": "mulaw", "sample_rate": 8000}}, "agent": {}}),
-         "settings.audio.input.sample_rate"),
-        (json.dumps({**json.loads(CONFIG.read_text()), "agent": {
-            "think": {"provider": {"type": "open_ai"}, "functions": {"a": 1}}}}),
-         "settings.agent.think.functions"),
+        (
+            json.dumps(
+                {
+                    "type": "Settings",
+                    "audio": {
+                        "input": {"encoding": "mulaw", "sample_rate": 16000},
+                        "output": {"encoding": "mulaw", "sample_rate": 8000},
+                    },
+                    "agent": {},
+                }
+            ),
+            "settings.audio.input.sample_rate",
+        ),
+        (
+            json.dumps(
+                {
+                    **json.loads(CONFIG.read_text()),
+                    "agent": {"think": {"provider": {"type": "open_ai"}, "functions": {"a": 1}}},
+                }
+            ),
+            "settings.agent.think.functions",
+        ),
     ],
 )
 def test_bad_config_names_the_field(tmp_path: Path, content: str, expected: str) -> None:
@@ -98,16 +120,24 @@ def test_bad_config_names_the_field(tmp_path: Path, content: str, expected: str)
 
 
 def test_unreadable_config(tmp_path: Path) -> None:
-    result = _run_cli(["--config", str(tmp_path / "nope.json")], _env(DEEPGRAM_API_KEY="k"),
-                      tmp_path)
+    result = _run_cli(
+        ["--config", str(tmp_path / "nope.json")], _env(DEEPGRAM_API_KEY="k"), tmp_path
+    )
     assert "cannot read config file" in _one_error_line(result)
 
 
 @pytest.mark.parametrize(
     "args",
-    [["--port", "70000"], ["--chunk-ms", "0"], ["--request-timeout", "-1"],
-     ["--agent-url", "http://x"], ["--public-url", "nope"], ["--tools", "no_such_module_x"],
-     ["--dtmf-template", "no placeholder"], ["--hangup-grace", "0"]],
+    [
+        ["--port", "70000"],
+        ["--chunk-ms", "0"],
+        ["--request-timeout", "-1"],
+        ["--agent-url", "http://x"],
+        ["--public-url", "nope"],
+        ["--tools", "no_such_module_x"],
+        ["--dtmf-template", "no placeholder"],
+        ["--hangup-grace", "0"],
+    ],
 )
 def test_invalid_values_one_line(tmp_path: Path, args: list[str]) -> None:
     result = _run_cli(["--config", str(CONFIG), *args], _env(DEEPGRAM_API_KEY="k"), tmp_path)
@@ -122,7 +152,8 @@ def test_port_taken(tmp_path: Path) -> None:
         port = s.getsockname()[1]
         result = _run_cli(
             ["--host", "127.0.0.1", "--port", str(port), "--config", str(CONFIG)],
-            _env(DEEPGRAM_API_KEY="k", TWILIO_AUTH_TOKEN="t"), tmp_path,
+            _env(DEEPGRAM_API_KEY="k", TWILIO_AUTH_TOKEN="t"),
+            tmp_path,
         )
     line = _one_error_line(result)
     assert "address already in use" in line and result.returncode == 1
@@ -134,10 +165,23 @@ def test_serves_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     async def body() -> None:
         async with fake_agent() as agent:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
-                "--config", str(CONFIG), "--agent-url", agent.url, "--shutdown-grace", "0.5",
-                env=_env(DEEPGRAM_API_KEY="test-secret-key"), cwd=tmp_path,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                sys.executable,
+                "-m",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--config",
+                str(CONFIG),
+                "--agent-url",
+                agent.url,
+                "--shutdown-grace",
+                "0.5",
+                env=_env(DEEPGRAM_API_KEY="test-secret-key"),
+                cwd=tmp_path,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
             try:
                 deadline = time.monotonic() + 8

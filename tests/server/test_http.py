@@ -79,7 +79,7 @@ def test_webhook_twiml_post_and_get() -> None:
     async def body() -> None:
         async with running_server() as server:
             form = urlencode(
-                {"CallSid": "CA123", "From": '+1555 <&"\'>', "To": "+1666", "Other": "x"}
+                {"CallSid": "CA123", "From": "+1555 <&\"'>", "To": "+1666", "Other": "x"}
             )
             result = await http(server.port, post_form("/incoming-call", form, host="h.example"))
             assert result.status == 200
@@ -90,7 +90,7 @@ def test_webhook_twiml_post_and_get() -> None:
             assert stream is not None
             assert stream.get("url") == "wss://h.example/media-stream"
             params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
-            assert params == {"From": '+1555 <&"\'>', "To": "+1666", "CallSid": "CA123"}
+            assert params == {"From": "+1555 <&\"'>", "To": "+1666", "CallSid": "CA123"}
 
             raw = get("/incoming-call?From=%2B1777", host="g.example:8080")
             result = await http(server.port, raw)
@@ -141,9 +141,7 @@ def test_wrong_method_405() -> None:
         async with running_server() as server:
             result = await http(server.port, post_form("/healthz", "a=b"))
             assert result.status == 405 and result.headers["allow"] == "GET"
-            result = await http(
-                server.port, b"DELETE /incoming-call HTTP/1.1\r\nHost: x\r\n\r\n"
-            )
+            result = await http(server.port, b"DELETE /incoming-call HTTP/1.1\r\nHost: x\r\n\r\n")
             assert result.status == 405 and result.headers["allow"] == "GET, POST"
             result = await http(server.port, post_form("/media-stream", "a=b"))
             assert result.status == 405

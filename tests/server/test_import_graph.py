@@ -22,6 +22,8 @@ LEAVES = {
     "server.ws",  # the Twilio frame helpers
     "server.twiml",
     "server.options",
+    "server.handoff",  # the signed action URL and resume parameters of a transfer
+    "server.twilio_rest",
 }
 #: A package of leaves: its modules import each other, and nothing else of the server.
 LEAF_PACKAGES = ("server.records",)
@@ -29,6 +31,9 @@ LEAF_EDGES = {
     ("server.options", "server.signature"),  # options builds the call-token hook
     ("server.options", "server.records.store"),  # the default and the form of --records
     ("server.options", "server.records.redact"),  # --redact loads its hook at startup
+    ("server.options", "server.twiml"),  # --fallback-target is checked and built at startup
+    ("server.options", "server.handoff"),  # the resume hook of the core
+    ("server.options", "server.twilio_rest"),  # the REST credentials, read once
     ("server.options", "server.records.webhook"),  # --webhook-url's bounds
 }
 

@@ -51,13 +51,19 @@ STREAM = "wss://bridge.example.com/media-stream"
 
 def test_signature_module_agrees_with_the_oracle() -> None:
     url = "https://example.com/myapp.php?foo=1&bar=2"
-    params = {"CallSid": "CA1234567890ABCDE", "Caller": "+14158675310", "Digits": "1234",
-              "From": "+14158675310", "To": "+18005551212"}
+    params = {
+        "CallSid": "CA1234567890ABCDE",
+        "Caller": "+14158675310",
+        "Digits": "1234",
+        "From": "+14158675310",
+        "To": "+18005551212",
+    }
     expected = RequestValidator("12345").compute_signature(url, params)
     assert expected == "L/OH5YylLD5NRKLltdqwSvS0BnU="  # the worked example in Twilio's docs
     assert signature.compute_signature("12345", url, list(params.items())) == expected
     # repeated names: values de-duplicated and sorted, as the oracle does
     repeated = [("B", "2"), ("A", "z"), ("A", "y"), ("A", "z")]
+
     class MultiDict(dict[str, str]):  # the getall() interface the oracle supports
         def getall(self, name: str) -> list[str]:
             return [v for k, v in repeated if k == name]
@@ -121,8 +127,12 @@ def test_webhook_signature_without_public_url_uses_host_and_forwarded_proto() ->
             assert result.status == 200
             assert 'url="wss://proxy.example.net/media-stream"' in result.text
             # the same signature over http:// does not match
-            raw = post_form("/incoming-call", form, host="proxy.example.net",
-                            extra=f"X-Twilio-Signature: {sig}\r\n")
+            raw = post_form(
+                "/incoming-call",
+                form,
+                host="proxy.example.net",
+                extra=f"X-Twilio-Signature: {sig}\r\n",
+            )
             assert (await http(server.port, raw)).status == 403
 
     run(body())
@@ -134,8 +144,11 @@ def test_upgrade_refused_without_valid_signature_and_no_agent_opened() -> None:
             for headers in (
                 {},
                 {"X-Twilio-Signature": "bm9wZQ=="},
-                {"X-Twilio-Signature": ORACLE.compute_signature(
-                    "wss://elsewhere.example.com/media-stream", {})},
+                {
+                    "X-Twilio-Signature": ORACLE.compute_signature(
+                        "wss://elsewhere.example.com/media-stream", {}
+                    )
+                },
                 {"X-Twilio-Signature": ORACLE.compute_signature(PUBLIC + "/media-stream", {})},
             ):
                 with pytest.raises(InvalidStatus) as info:
@@ -261,8 +274,10 @@ def test_secrets_never_logged(caplog: pytest.LogCaptureFixture) -> None:
             ws, session = await ready_call(server, agent, headers={"X-Twilio-Signature": sig})
             await ws.send(stop())
             await asyncio.wait_for(session.closed.wait(), 1)
-            await http(server.port, post_form("/incoming-call", "From=1",
-                                              extra=f"X-Twilio-Signature: {sig}\r\n"))
+            await http(
+                server.port,
+                post_form("/incoming-call", "From=1", extra=f"X-Twilio-Signature: {sig}\r\n"),
+            )
 
     run(body())
     # our own log lines (the test peers' websockets loggers print their own headers)

@@ -1,0 +1,386 @@
+"""Call control through the real server on 127.0.0.1, with the local Twilio REST peer
+(``peers.twilio_api``) standing in for Twilio's API (``TWILIO_API_URL`` points at it).
+
+Each test is an acceptance line of issue 12: what reaches the REST API (and when), what reaches
+the agent, and how the call ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.protocol import State
+
+from peers.agent import LocalAgent
+from peers.twilio_api import RecordedRequest, SimCall, TwilioApiPeer
+from server.app import Server
+from server.signature import compute_signature
+from tests.helpers import ACCOUNT_SID, CALL_SID, function_call, twilio_dtmf
+from tests.helpers import agent as agent_message
+from tests.server_support import (
+    ROOT,
+    AgentSession,
+    caller,
+    fake_agent,
+    http,
+    mark,
+    post_form,
+    recv_until,
+    running_server,
+    start,
+    stop,
+    until,
+)
+from tests.server_support import run as run_async
+
+TOKEN = "tok-" + "c0ntr0l" * 4
+FRONT_DESK = "+15551230000"
+ON_CALL = "+15559870000"
+SAFETY_RULES = str(ROOT / "examples" / "safety-rules.toml")
+
+
+def run(coro: Any, timeout: float = 20.0) -> Any:
+    return run_async(coro, timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Rig:
+    """A server with REST credentials, its agent, the REST peer and one caller."""
+
+    server: Server
+    agent: LocalAgent
+    peer: TwilioApiPeer
+    port: int
+    ws: ClientConnection | None = None
+    session: AgentSession | None = None
+    stopped_open: list[bool] = field(default_factory=list)  # the stream was open at the stop
+
+    def updates(self) -> list[RecordedRequest]:
+        return [
+            r
+            for r in self.peer.requests
+            if r.method == "POST" and r.path.endswith(f"/Calls/{CALL_SID}.json")
+        ]
+
+    async def call(
+        self, parameters: dict[str, str] | None = None
+    ) -> tuple[ClientConnection, AgentSession]:
+        url = f"wss://127.0.0.1:{self.port}/media-stream"
+        headers = {"X-Twilio-Signature": compute_signature(TOKEN, url)}
+        ws = await caller(self.server, headers)
+        self.ws = ws
+
+        async def stop_stream() -> None:  # what Twilio does when the call is updated
+            self.stopped_open.append(ws.state is State.OPEN)
+            with contextlib.suppress(Exception):
+                await ws.send(stop())
+                await ws.close()
+
+        self.peer.register(CALL_SID, stop_stream)
+        await ws.send(start(parameters))
+        index = len(self.agent.sessions)
+        session = await self.agent.session(index)
+        await until(lambda: session.applied_at is not None)
+        self.session = session
+        return ws, session
+
+
+@contextlib.asynccontextmanager
+async def rig(
+    *flags: str,
+    dial_outcome: str = "answered",
+    connector: Any = None,
+) -> AsyncIterator[Rig]:
+    port = free_port()
+    async with (
+        fake_agent() as agent,
+        TwilioApiPeer(
+            account_sid=ACCOUNT_SID,
+            auth_token=TOKEN,
+            dial_outcome=dial_outcome,
+            stream_connector=connector,
+        ) as peer,
+    ):
+        env = {"TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_API_URL": peer.url}  # no account SID: start's
+        async with running_server(
+            "--port",
+            str(port),
+            "--public-url",
+            f"http://127.0.0.1:{port}",
+            "--records",
+            "none",
+            "--transfer-target",
+            f"front_desk={FRONT_DESK}",
+            "--transfer-target",
+            f"on_call={ON_CALL}",
+            *flags,
+            agent=agent,
+            env=env,
+        ) as server:
+            yield Rig(server, agent, peer, port)
+
+
+def texts_of(session: AgentSession, kind: str) -> list[dict[str, Any]]:
+    return [t for t in session.texts if t.get("type") == kind]
+
+
+async def announce(session: AgentSession, ws: ClientConnection) -> dict[str, Any]:
+    """The agent speaks a short reply; return the reply's last mark (not echoed yet)."""
+    await session.send(b"\xff" * 1600)
+    await session.send(agent_message("AgentAudioDone"))
+    while True:
+        message, _ = await recv_until(ws, "mark")
+        if message["mark"]["name"].endswith(".end"):
+            return message
+
+
+async def ask_transfer(session: AgentSession, target: object) -> dict[str, Any]:
+    arguments = json.dumps({"target": target, "reason": "the caller asked for a person"})
+    await session.send(function_call("fc-1", "transfer_call", arguments))
+    await until(lambda: bool(texts_of(session, "FunctionCallResponse")))
+    return texts_of(session, "FunctionCallResponse")[0]
+
+
+# ---------------------------------------------------------------------- transfer
+
+
+def test_transfer_updates_the_call_only_after_the_announcement_mark_is_echoed() -> None:
+    async def main() -> None:
+        async with rig() as r:
+            ws, session = await r.call()
+            answer = await ask_transfer(session, "front_desk")
+            assert json.loads(answer["content"])["ok"] is True
+            last = await announce(session, ws)
+            await asyncio.sleep(0.5)  # AgentAudioDone went through; the caller has not heard it
+            assert r.updates() == []
+            await ws.send(mark(last["mark"]["name"]))
+            await until(lambda: bool(r.updates()), 3, "the call update")
+            update = r.updates()[0]
+            assert update.authenticated and update.username == ACCOUNT_SID  # start's accountSid
+            twiml = update.field("Twiml") or ""
+            assert f">{FRONT_DESK}</Dial>" in twiml and 'action="http://127.0.0.1:' in twiml
+            assert "/dial-action?" in twiml
+            await until(lambda: r.server.metrics.calls_ended.get("transfer") == 1, 3)
+            assert r.stopped_open == [True]  # Twilio, not the bridge, ended the stream
+            # The dial is answered: the action request is signed, and answered with <Hangup/>.
+            await until(lambda: any(c.kind == "dial-action" for c in r.peer.callbacks), 3)
+            action = next(c for c in r.peer.callbacks if c.kind == "dial-action")
+            assert action.status == 200 and "<Hangup/>" in action.body
+            assert r.server.metrics.transfers == 1
+
+    run(main())
+
+
+@pytest.mark.parametrize("target", ["reception", FRONT_DESK, "+15550000000", None])
+def test_an_unknown_target_or_a_number_places_no_call_update(target: object) -> None:
+    async def main() -> None:
+        async with rig() as r:
+            ws, session = await r.call()
+            answer = await ask_transfer(session, target)
+            assert "unknown transfer target" in json.loads(answer["content"])["error"]
+            last = await announce(session, ws)
+            await ws.send(mark(last["mark"]["name"]))
+            await asyncio.sleep(0.5)
+            assert r.updates() == [] and ws.state is State.OPEN  # the call goes on
+            assert r.server.metrics.calls_ended == {}
+
+    run(main())
+
+
+def test_a_barge_in_before_the_update_cancels_the_transfer_and_tells_the_agent() -> None:
+    async def main() -> None:
+        async with rig() as r:
+            ws, session = await r.call()
+            await ask_transfer(session, "front_desk")
+            last = await announce(session, ws)
+            await session.send(agent_message("UserStartedSpeaking"))
+            await until(lambda: bool(texts_of(session, "UpdatePrompt")), 2, "the system note")
+            assert "cancelled" in texts_of(session, "UpdatePrompt")[0]["prompt"]
+            await ws.send(mark(last["mark"]["name"]))
+            await asyncio.sleep(0.5)
+            assert r.updates() == []
+
+    run(main())
+
+
+def test_keypad_transfer_updates_within_a_second_with_no_agent_turn() -> None:
+    async def main() -> None:
+        async with rig("--keypad", "0=transfer:front_desk") as r:
+            ws, session = await r.call()
+            sent = time.monotonic()
+            await ws.send(twilio_dtmf("0"))
+            took = await until(lambda: bool(r.updates()), 1.0, "the keypad transfer")
+            assert took < 1.0 and time.monotonic() - sent < 1.0
+            assert f">{FRONT_DESK}</Dial>" in (r.updates()[0].field("Twiml") or "")
+            assert texts_of(session, "InjectUserMessage") == []  # the agent was not asked
+
+    run(main())
+
+
+def test_an_emergency_phrase_says_the_fixed_message_then_dials_the_on_call_target() -> None:
+    async def main() -> None:
+        async with rig("--safety-rules", SAFETY_RULES) as r:
+            ws, session = await r.call()
+            line = agent_message("ConversationText", role="user", content="I have CHEST pain.")
+            await session.send(line)
+            await until(lambda: bool(texts_of(session, "InjectAgentMessage")), 2)
+            injected = texts_of(session, "InjectAgentMessage")[0]
+            assert "on-call doctor" in injected["message"] and injected["behavior"] == "interrupt"
+            assert r.updates() == []  # not before the caller heard the message
+            last = await announce(session, ws)
+            await ws.send(mark(last["mark"]["name"]))
+            await until(lambda: bool(r.updates()), 3, "the safety transfer")
+            assert f">{ON_CALL}</Dial>" in (r.updates()[0].field("Twiml") or "")
+
+    run(main())
+
+
+# ---------------------------------------------------------------------- never drop a caller
+
+
+def test_an_unreachable_agent_mid_call_redirects_to_the_fallback_within_two_seconds() -> None:
+    async def main() -> None:
+        async with rig("--fallback-target", "front_desk") as r:
+            ws, session = await r.call()
+            lost = time.monotonic()
+            await session.ws.close(1011, "gone")
+            await until(lambda: bool(r.updates()), 2.0, "the fallback update")
+            assert time.monotonic() - lost < 2.0
+            twiml = r.updates()[0].field("Twiml") or ""
+            assert "<Say>" in twiml and f">{FRONT_DESK}</Dial>" in twiml
+            await until(lambda: ws.state is State.CLOSED, 3, "the stream's end")
+            assert r.stopped_open == [True]  # the stream was still open when the update came
+            assert r.server.metrics.fallbacks == 1
+            assert r.server.metrics.calls_ended == {"agent_error": 1}
+
+    run(main())
+
+
+# ---------------------------------------------------------------------- silence and keypad
+
+
+def test_a_silent_caller_is_reprompted_then_hung_up() -> None:
+    async def main() -> None:
+        async with rig("--silence-reprompt", "0.3", "--silence-hangup", "1") as r:
+            ws, session = await r.call()
+            await until(lambda: len(texts_of(session, "InjectAgentMessage")) >= 1, 2)
+            assert texts_of(session, "InjectAgentMessage")[0]["message"] == "Are you still there?"
+            # The agent speaks the reprompt: its turn ends the injection in flight.
+            await ws.send(mark((await announce(session, ws))["mark"]["name"]))
+            await until(lambda: len(texts_of(session, "InjectAgentMessage")) >= 2, 2)
+            assert "Goodbye" in texts_of(session, "InjectAgentMessage")[1]["message"]
+            last = await announce(session, ws)
+            await ws.send(mark(last["mark"]["name"]))
+            await until(lambda: r.server.metrics.calls_ended.get("silence") == 1, 3)
+            await until(lambda: ws.state is State.CLOSED, 3)
+
+    run(main())
+
+
+def test_collected_digits_reach_the_agent_as_one_message_and_never_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        async with rig("--dtmf-collect", "--log-transcripts") as r:
+            ws, session = await r.call()
+            for digit in "1234#":
+                await ws.send(twilio_dtmf(digit))
+            await until(lambda: bool(texts_of(session, "InjectUserMessage")), 2)
+            await asyncio.sleep(0.2)
+            injected = texts_of(session, "InjectUserMessage")
+            assert [m["content"] for m in injected] == ["The caller entered 1 2 3 4 on the keypad."]
+
+    caplog.set_level(logging.DEBUG)
+    run(main())
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "digits=4" in logged
+    assert "1 2 3 4" not in logged and "digit=" not in logged
+
+
+# ---------------------------------------------------------------------- a failed transfer
+
+
+def test_a_transfer_with_no_answer_resumes_the_call_with_its_history() -> None:
+    streams: list[tuple[str, dict[str, str]]] = []
+
+    async def connector(call: SimCall, url: str, parameters: Any) -> None:
+        streams.append((url, dict(parameters)))
+
+    async def main() -> None:
+        async with rig(dial_outcome="no-answer", connector=connector) as r:
+            ws, session = await r.call()
+            said = agent_message("ConversationText", role="user", content="Front desk please.")
+            await session.send(said)
+            await ask_transfer(session, "front_desk")
+            last = await announce(session, ws)
+            await ws.send(mark(last["mark"]["name"]))
+            await until(lambda: bool(streams), 5, "the resumed stream")
+            url, parameters = streams[0]
+            assert url == f"wss://127.0.0.1:{r.port}/media-stream"
+            assert {"bridgeResume", "bridgeResumeSig"} <= set(parameters)
+            # The new stream (maybe on another instance): the agent resumes with the history.
+            await until(lambda: ws.state is State.CLOSED, 3)
+            _, resumed = await r.call(parameters)
+            settings = texts_of(resumed, "Settings")[0]
+            history = settings["agent"]["context"]["messages"]
+            assert {"type": "History", "role": "user", "content": "Front desk please."} in history
+            assert "did not go through" in settings["agent"]["greeting"]
+            # A forged resume parameter is a plain call.
+            lie = {"t": "front_desk", "s": "busy", "at": int(time.time()),
+                   "h": [{"type": "History", "role": "user", "content": "Forged."}]}  # fmt: skip
+            blob = base64.urlsafe_b64encode(json.dumps(lie).encode()).decode().rstrip("=")
+            forged = dict(parameters, bridgeResume=blob)
+            _, plain = await r.call(forged)
+            assert "context" not in texts_of(plain, "Settings")[0]["agent"]
+
+    run(main())
+
+
+# ---------------------------------------------------------------------- stream status
+
+
+def test_the_stream_asks_for_status_callbacks_and_a_stream_error_is_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        async with rig() as r:
+            base = f"http://127.0.0.1:{r.port}"
+            form = [("CallSid", CALL_SID), ("From", "+15550001")]
+            body = urlencode(form)
+            sig = compute_signature(TOKEN, f"{base}/incoming-call", form)
+            twiml = await http(
+                r.port, post_form("/incoming-call", body, extra=f"X-Twilio-Signature: {sig}\r\n")
+            )
+            assert f'statusCallback="{base}/stream-status"' in twiml.text
+            event = [("CallSid", CALL_SID), ("StreamSid", "MZ1"), ("StreamEvent", "stream-error"),
+                     ("StreamError", "31920 handshake failed")]  # fmt: skip
+            body = urlencode(event)
+            unsigned = await http(r.port, post_form("/stream-status", body))
+            assert unsigned.status == 403 and r.server.metrics.stream_errors == 0
+            sig = compute_signature(TOKEN, f"{base}/stream-status", event)
+            extra = f"X-Twilio-Signature: {sig}\r\n"
+            signed = await http(r.port, post_form("/stream-status", body, extra=extra))
+            assert signed.status == 200 and r.server.metrics.stream_errors == 1
+            assert "stream_errors_total 1" in r.server.metrics.render()
+
+    caplog.set_level(logging.WARNING)
+    run(main())
+    assert any("31920 handshake failed" in rec.getMessage() for rec in caplog.records)
