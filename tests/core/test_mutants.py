@@ -64,7 +64,7 @@ def ended(call: Call) -> CallEnded:
 def test_agent_closing_names_how_in_the_end_detail(
     code: int | None, reason: str, detail: str
 ) -> None:
-    call = Call()
+    call = Call(config(agent_retries=0))
     call.ready()
     call.core.agent_closed(code, call.now, reason)
     call.drain()
@@ -122,7 +122,7 @@ def test_the_driver_ends_a_call_with_its_own_detail() -> None:
 def test_an_agent_error_is_named_by_its_code_and_description(
     message: dict[str, object], detail: str
 ) -> None:
-    call = Call()
+    call = Call(config(agent_retries=0))
     call.ready()
     call.agent(agent("Error", **message))
     assert (ended(call).reason, ended(call).detail) == (EndReason.AGENT_ERROR, detail)
@@ -466,7 +466,7 @@ def test_a_think_section_without_functions_is_accepted() -> None:
     ("option", "value", "reason"),
     [
         ("chunk_ms", 1, None),
-        ("mark_interval_ms", -1, "must be a non-negative integer (0 disables)"),
+        ("mark_interval_ms", -1, "must be a non-negative integer, got -1"),
         ("close_timeout", 0, "must be a positive number of seconds, got 0"),
         ("dtmf_template", "none", "must contain the placeholder {digit}"),
     ],
@@ -519,7 +519,7 @@ def test_each_bad_settings_field_is_named_with_its_reason(
 
 
 def test_agent_closing_without_a_reason_adds_none() -> None:
-    call = Call()
+    call = Call(config(agent_retries=0))
     call.ready()
     call.core.agent_closed(1000, call.now)
     call.drain()
