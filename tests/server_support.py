@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from peers.agent import AgentSession, LocalAgent
 from server.app import Server
@@ -155,6 +156,16 @@ async def recv_json(ws: ClientConnection, timeout: float = 2.0) -> dict[str, Any
     assert isinstance(message, str), "Twilio messages must be text frames"
     data: dict[str, Any] = json.loads(message)
     return data
+
+
+async def closed_within(ws: Any, timeout: float) -> float:
+    """Read until the caller's WebSocket is closed; return how long it took."""
+    t0 = time.monotonic()
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), max(0.01, timeout - (time.monotonic() - t0)))
+    except ConnectionClosed:
+        return time.monotonic() - t0
 
 
 async def recv_until(

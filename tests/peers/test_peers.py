@@ -40,6 +40,7 @@ from peers.audio import (
     write_wav,
 )
 from peers.caller import TwilioCaller, standard_call, twilio_signature
+from tests.peers.wire import collect, of_type
 
 T = TypeVar("T")
 
@@ -92,26 +93,6 @@ async def recv_json(ws: ClientConnection, timeout: float = 3.0) -> dict[str, Any
             result: dict[str, Any] = json.loads(message)
             return result
 
-
-async def collect(
-    ws: ClientConnection, until: Callable[[dict[str, Any]], bool], timeout: float = 5.0
-) -> tuple[list[dict[str, Any]], bytes]:
-    """JSON messages up to and including the first one matching ``until``, and the audio."""
-    messages: list[dict[str, Any]] = []
-    audio = bytearray()
-    async with asyncio.timeout(timeout):
-        async for message in ws:
-            if isinstance(message, bytes):
-                audio += message
-                continue
-            messages.append(json.loads(message))
-            if until(messages[-1]):
-                break
-    return messages, bytes(audio)
-
-
-def of_type(kind: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda message: message.get("type") == kind
 
 
 async def open_session(agent: LocalAgent, body: dict[str, Any] | None = None) -> ClientConnection:

@@ -15,7 +15,7 @@ import contextlib
 import copy
 import itertools
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +46,7 @@ from tests.peers.deepgram_models import (
     validate_client_message,
     validate_server_message,
 )
+from tests.peers.wire import collect, of_type
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,26 +85,6 @@ def settings(agent: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
     result.update(top)
     return result
 
-
-async def collect(
-    ws: ClientConnection, until: Callable[[dict[str, Any]], bool], timeout: float = 5.0
-) -> tuple[list[dict[str, Any]], bytes]:
-    """JSON messages up to and including the first matching ``until``, and the audio."""
-    messages: list[dict[str, Any]] = []
-    audio = bytearray()
-    async with asyncio.timeout(timeout):
-        async for message in ws:
-            if isinstance(message, bytes):
-                audio += message
-                continue
-            messages.append(json.loads(message))
-            if until(messages[-1]):
-                break
-    return messages, bytes(audio)
-
-
-def of_type(kind: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda message: message.get("type") == kind
 
 
 async def open_session(agent: LocalAgent, body: dict[str, Any] = SETTINGS) -> ClientConnection:

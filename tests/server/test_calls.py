@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from websockets.exceptions import ConnectionClosed
 
 from peers.frames import client_frame, server_frame, upgrade_request
 from sansio import fill_placeholders
@@ -24,6 +23,7 @@ from tests.server_support import (
     SETTINGS,
     STREAM_SID,
     caller,
+    closed_within,
     connected,
     fake_agent,
     frame,
@@ -39,16 +39,6 @@ from tests.server_support import (
     stop,
     until,
 )
-
-
-async def _closed_within(ws: Any, timeout: float) -> float:
-    """Read until the caller's WebSocket is closed; return how long it took."""
-    t0 = time.monotonic()
-    try:
-        while True:
-            await asyncio.wait_for(ws.recv(), max(0.01, timeout - (time.monotonic() - t0)))
-    except ConnectionClosed:
-        return time.monotonic() - t0
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -111,7 +101,7 @@ def test_full_call(loop: str) -> None:
             await ws.send(stop())
             await asyncio.wait_for(session.closed.wait(), 1.0)
             assert time.monotonic() - t0 < 1.0
-            await _closed_within(ws, 1.5)
+            await closed_within(ws, 1.5)
             await until(lambda: not server.calls, what="call removed")
             assert agent.open_connections == 0
             m = server.metrics
@@ -163,7 +153,7 @@ def test_no_audio_reaches_the_agent_before_settings_applied(
             assert session.audio_before_settings_applied == 0, "audio reached the agent too early"
             assert bytes(session.audio) == bytes(sent)
             await ws.send(stop())
-            await _closed_within(ws, 2)
+            await closed_within(ws, 2)
 
     run(body(), timeout=15)
 
@@ -196,7 +186,7 @@ def test_added_latency_p99_is_small() -> None:
             assert delays[98] <= 0.06, delays[-5:]
             assert server.metrics.added_latency.quantile(0.99) <= 0.06
             await ws.send(stop())
-            await _closed_within(ws, 2)
+            await closed_within(ws, 2)
 
     run(body())
 
@@ -211,7 +201,7 @@ def test_transcript_and_call_lines_are_logged(caplog: pytest.LogCaptureFixture) 
             await session.send({"type": "ConversationText", "role": "assistant", "content": "Hi!"})
             await asyncio.sleep(0.05)
             await ws.send(stop())
-            await _closed_within(ws, 1.5)
+            await closed_within(ws, 1.5)
             await until(lambda: not server.calls)
 
     run(body())
@@ -232,7 +222,7 @@ def test_agent_ending_closes_caller(how: str) -> None:
                 await session.ws.close(1011, "boom")
             else:
                 await session.send({"type": "Error", "code": "X", "description": "bad"})
-            assert await _closed_within(ws, 1.5) < 1.5
+            assert await closed_within(ws, 1.5) < 1.5
             await until(lambda: not server.calls)
             assert server.metrics.calls_ended == {"agent_error": 1}
             assert server.metrics.agent_errors == 1
@@ -252,7 +242,7 @@ def test_agent_unreachable_ends_call_cleanly() -> None:
             await ws.send(connected())
             await ws.send(start())
             await ws.send(media(frame(1), 2))
-            assert await _closed_within(ws, 3) < 3
+            assert await closed_within(ws, 3) < 3
             assert ws.close_code == 1000
             await until(lambda: not server.calls)
             assert server.metrics.calls_ended == {"agent_unreachable": 1}
@@ -268,7 +258,7 @@ def test_agent_that_never_applies_settings_times_out() -> None:
         ):
             ws = await caller(server)
             await ws.send(start())
-            assert await _closed_within(ws, 2) < 2
+            assert await closed_within(ws, 2) < 2
             await until(lambda: not server.calls)
             assert server.metrics.calls_ended == {"timeout": 1}
             assert agent.open_connections == 0
@@ -316,13 +306,13 @@ def test_bad_input_leaves_concurrent_call_untouched(loop: str) -> None:
             bad = await caller(server)
             await bad.send(start(stream_sid="MZbad1"))
             await bad.send("this is not json")
-            assert await _closed_within(bad, 2) < 2 and bad.close_code == 1007
+            assert await closed_within(bad, 2) < 2 and bad.close_code == 1007
             await exchange()
 
             # 2. binary -> 1003
             bad = await caller(server)
             await bad.send(b"\x00\x01binary")
-            assert await _closed_within(bad, 2) < 2 and bad.close_code == 1003
+            assert await closed_within(bad, 2) < 2 and bad.close_code == 1003
             await exchange()
 
             # 3. broken media is ignored; the call goes on
@@ -335,7 +325,7 @@ def test_bad_input_leaves_concurrent_call_untouched(loop: str) -> None:
             await exchange()
             assert bad.state.name == "OPEN"
             await bad.send(stop(stream_sid="MZbad3"))
-            await _closed_within(bad, 2)
+            await closed_within(bad, 2)
 
             # 4. a 10 MB frame -> 1009, refused early
             bad = await caller(server, max_size=None)
@@ -343,7 +333,7 @@ def test_bad_input_leaves_concurrent_call_untouched(loop: str) -> None:
             t0 = time.monotonic()
             big = "x" * (10 * 1024 * 1024)
             send_task = asyncio.ensure_future(bad.send(big))
-            assert await _closed_within(bad, 5) < 5
+            assert await closed_within(bad, 5) < 5
             send_task.cancel()
             assert bad.close_code == 1009
             assert time.monotonic() - t0 < 5
@@ -353,7 +343,7 @@ def test_bad_input_leaves_concurrent_call_untouched(loop: str) -> None:
             await until(lambda: len(good_session.audio) >= len(sent))
             assert bytes(good_session.audio) == bytes(sent)
             await good.send(stop())
-            await _closed_within(good, 2)
+            await closed_within(good, 2)
             await until(lambda: not server.calls, what="all calls removed")
             assert agent.open_connections == 0
             assert server.metrics.calls_ended.get("protocol_error") == 2  # 1. and 4.
@@ -458,7 +448,7 @@ def test_client_side_tools() -> None:
             assert "failed" in json.loads(answers["f3"]["content"])["error"]
             assert server.metrics.tool_calls == 3 and server.metrics.tool_errors == 2
             await ws.send(stop())
-            await _closed_within(ws, 2)
+            await closed_within(ws, 2)
 
     run(body())
 
@@ -491,7 +481,7 @@ def test_end_call_tool_hangs_up_once_the_goodbye_has_played() -> None:
             assert ws.state.name == "OPEN", "hung up before the goodbye's mark came back"
             assert not server.metrics.calls_ended
             await ws.send(mark(marked["mark"]["name"]))
-            assert await _closed_within(ws, 2) < 1.0, "the echo of the last mark hangs up"
+            assert await closed_within(ws, 2) < 1.0, "the echo of the last mark hangs up"
             assert ws.close_code == 1000 and "goodbye played" in (ws.close_reason or "")
             await until(lambda: not server.calls)
             assert server.metrics.calls_ended == {"tool": 1}
@@ -509,7 +499,7 @@ def test_many_sequential_calls_leave_nothing_behind() -> None:
                 await until(lambda s=session: s.applied_at is not None)  # type: ignore[misc]
                 await ws.send(media(frame(n), 2))
                 await ws.send(stop())
-                await _closed_within(ws, 2)
+                await closed_within(ws, 2)
                 await asyncio.wait_for(session.closed.wait(), 2)
             await until(lambda: not server.calls and len(server.connections) == 0)
             assert agent.open_connections == 0
@@ -524,7 +514,7 @@ def test_shutdown_ends_calls_with_reason() -> None:
             async with running_server(agent=agent, grace=0.2) as server:
                 ws, session = await ready_call(server, agent)
             # leaving the block ran shutdown(grace=0.2): both legs closed with a reason
-            assert await _closed_within(ws, 2) < 2
+            assert await closed_within(ws, 2) < 2
             assert ws.close_code == 1000 and "shutdown" in (ws.close_reason or "")
             await asyncio.wait_for(session.closed.wait(), 2)
             assert not server.calls
@@ -627,7 +617,7 @@ def test_agent_not_reading_ends_its_call_within_the_write_cap(
                 await asyncio.sleep(0)
             await until(lambda: bool(server.metrics.calls_ended), timeout=10)
             assert server.metrics.calls_ended == {"agent_error": 1}
-            await _closed_within(ws, 5)
+            await closed_within(ws, 5)
             session.ws.transport.resume_reading()
             await until(lambda: not server.calls, timeout=5)
             assert CAP < peak.agent <= CAP_BOUND, f"held {peak.agent} B for the agent"

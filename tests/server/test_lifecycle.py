@@ -21,13 +21,13 @@ import time
 from typing import Any
 
 import h11
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import connect
 
 from server.tools import ToolRegistry
 from tests.server_support import (
     CONFIG,
     ROOT,
+    closed_within,
     fake_agent,
     frame,
     media,
@@ -40,16 +40,6 @@ from tests.server_support import (
     stop,
     until,
 )
-
-
-async def _closed_within(ws: ClientConnection, timeout: float) -> float:
-    """Read until the caller's WebSocket is closed; return how long it took."""
-    t0 = time.monotonic()
-    try:
-        while True:
-            await asyncio.wait_for(ws.recv(), max(0.01, timeout - (time.monotonic() - t0)))
-    except ConnectionClosed:
-        return time.monotonic() - t0
 
 
 def _stream_sid(i: int) -> str:
@@ -103,7 +93,7 @@ def test_a_call_in_progress_finishes_during_the_grace_while_new_ones_are_refused
             assert reply["media"]["payload"]
             # ... and ends by itself, long before the grace runs out.
             await ws.send(stop())
-            assert await _closed_within(ws, 3) < 3
+            assert await closed_within(ws, 3) < 3
             assert ws.close_code == 1000 and "shutdown" not in (ws.close_reason or "")
             await asyncio.wait_for(shutdown, 5)
             assert server.metrics.calls_ended == {"hangup": 1}
@@ -122,7 +112,7 @@ def test_a_call_still_running_when_the_grace_runs_out_is_ended_with_shutdown() -
             shutdown = asyncio.create_task(server.shutdown(grace=grace))
             await ws.send(media(frame(1), 2))
             await until(lambda: len(session.audio) == 160, what="caller audio during the grace")
-            took = await _closed_within(ws, grace + 3)
+            took = await closed_within(ws, grace + 3)
             assert time.monotonic() - t0 >= grace, f"ended after {took:.2f} s, before the grace"
             assert ws.close_code == 1000 and "shutdown" in (ws.close_reason or "")
             await asyncio.wait_for(session.closed.wait(), 2)
@@ -201,7 +191,7 @@ def test_two_workers_serve_calls_and_sigterm_to_the_parent_drains_both() -> None
                 await until(lambda: sum("signal received" in x for x in lines) == 2, 5, "SIGTERM")
                 for i, ws in enumerate(socks[: calls // 2]):  # these finish during the grace
                     await ws.send(stop(stream_sid=_stream_sid(i)))
-                closes = await asyncio.gather(*(_closed_within(ws, grace + 5) for ws in socks))
+                closes = await asyncio.gather(*(closed_within(ws, grace + 5) for ws in socks))
                 assert all(took < grace + 5 for took in closes)
                 assert await asyncio.wait_for(proc.wait(), 15) == 0
                 await asyncio.wait_for(reader, 5)
@@ -272,7 +262,7 @@ def test_a_tool_that_times_out_is_answered_with_an_error_and_the_call_goes_on() 
             assert session.texts[-1]["content"] == "fine"
             assert server.calls, "the call ended because of the tool"
             await ws.send(stop())
-            await _closed_within(ws, 2)
+            await closed_within(ws, 2)
             assert server.metrics.calls_ended == {"hangup": 1}
 
     run(body())
