@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hmac
 import json
 import logging
 import re
@@ -26,7 +25,7 @@ from urllib.parse import parse_qsl
 import h11
 from wsproto.utilities import generate_accept_token
 
-from server import __version__, handoff, signature
+from server import __version__, control_auth, handoff, signature
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import Metrics
 from server.options import MEDIA_STREAM_PATH, WEBHOOK_PATH, ServerOptions
@@ -274,13 +273,8 @@ class HttpProtocol(asyncio.Protocol):
     def _call_record(self, request: h11.Request, path: str) -> None:
         """``GET /calls/{CallSid}/record`` with ``Authorization: Bearer $BRIDGE_CONTROL_TOKEN``;
         the record is read in a thread, so a slow database never stalls the calls."""
-        token = self.server.options.control_token or ""
-        scheme, _, given = (_header(request.headers, b"authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.encode()
-        ):
-            challenge = [(b"www-authenticate", b'Bearer realm="calls"')]
-            self._json(401, {"error": "a valid bearer token is required"}, challenge)
+        if not control_auth.authorized(request.headers, self.server.options.control_token):
+            self._json(401, control_auth.UNAUTHORIZED, [control_auth.CHALLENGE])
             return
         sid = path[len("/calls/") : -len("/record")] if path.endswith("/record") else ""
         store = self.server.records
