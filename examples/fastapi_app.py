@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from server.asgi import BridgeASGI
 
 bridge = BridgeASGI.from_flags(shlex.split(os.environ.get("BRIDGE_FLAGS", "")))
-app = FastAPI(lifespan=bridge.lifespan)
+app = FastAPI(lifespan=bridge.lifespan)  # a mounted app gets no lifespan events itself
 
 
 @app.get("/hello")

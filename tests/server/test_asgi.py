@@ -182,3 +182,28 @@ def test_the_write_cap_counts_what_the_server_has_not_taken() -> None:
         assert call.lost == 1 and leg.flush() == 0
 
     run(body())
+
+
+def test_a_bare_bridge_is_an_asgi_app_with_its_own_lifespan() -> None:
+    from server.asgi import BridgeASGI
+
+    bridge = BridgeASGI.from_flags(["--config", str(CONFIG)], {"DEEPGRAM_API_KEY": "k"})
+
+    async def body() -> None:
+        async with uvicorn_on_loopback(bridge) as port:
+            assert bridge.server is not None  # started by lifespan.startup, before any request
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                health = await http.get("/healthz")
+                assert health.json()["status"] == "ok"
+                assert (await http.get("/nowhere")).status_code == 404
+                assert "calls_started" in (await http.get("/metrics")).text
+        assert bridge.server is None  # lifespan.shutdown closed it
+
+    run(body())
+
+
+def test_docs_show_the_example_that_the_tests_run() -> None:
+    example = (ROOT / "examples/fastapi_app.py").read_text()
+    code = example.split('"""', 2)[2].strip()
+    docs = (ROOT / "docs/asgi.md").read_text()
+    assert f"```python\n{code}\n```" in docs
