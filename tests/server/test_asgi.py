@@ -133,7 +133,11 @@ def test_signatures_and_limits_are_the_bundled_servers(monkeypatch: pytest.Monke
                     assert busy.value.response.status_code == 503
                     await call.hangup()
                 assert call.figures().violations == ()
+                assert call.figures().closed_by == "caller"
                 server = example.bridge.server
+                await until(lambda: not server.calls, timeout=5, what="call removed")
+                assert server.metrics.calls_ended == {"hangup": 1}
+                await asyncio.wait_for(agent.sessions[0].closed.wait(), 5)  # the agent leg too
                 assert server.metrics.calls_rejected.get("bad_signature", 0) >= 2
 
     run(body(), timeout=60)
