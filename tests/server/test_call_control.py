@@ -35,12 +35,12 @@ from tests.server_support import (
     caller,
     fake_agent,
     http,
-    mark,
     post_form,
     recv_until,
     running_server,
-    start,
-    stop,
+    twilio_mark,
+    twilio_start,
+    twilio_stop,
     until,
 )
 from tests.server_support import run as run_async
@@ -91,11 +91,11 @@ class Rig:
         async def stop_stream() -> None:  # what Twilio does when the call is updated
             self.stopped_open.append(ws.state is State.OPEN)
             with contextlib.suppress(Exception):
-                await ws.send(stop())
+                await ws.send(twilio_stop())
                 await ws.close()
 
         self.peer.register(CALL_SID, stop_stream)
-        await ws.send(start(parameters))
+        await ws.send(twilio_start(parameters))
         index = len(self.agent.sessions)
         session = await self.agent.session(index)
         await until(lambda: session.applied_at is not None)
@@ -171,7 +171,7 @@ def test_transfer_updates_the_call_only_after_the_announcement_mark_is_echoed() 
             last = await announce(session, ws)
             await asyncio.sleep(0.5)  # AgentAudioDone went through; the caller has not heard it
             assert r.updates() == []
-            await ws.send(mark(last["mark"]["name"]))
+            await ws.send(twilio_mark(last["mark"]["name"]))
             await until(lambda: bool(r.updates()), 3, "the call update")
             update = r.updates()[0]
             assert update.authenticated and update.username == ACCOUNT_SID  # start's accountSid
@@ -197,7 +197,7 @@ def test_an_unknown_target_or_a_number_places_no_call_update(target: object) -> 
             answer = await ask_transfer(session, target)
             assert "unknown transfer target" in json.loads(answer["content"])["error"]
             last = await announce(session, ws)
-            await ws.send(mark(last["mark"]["name"]))
+            await ws.send(twilio_mark(last["mark"]["name"]))
             await asyncio.sleep(0.5)
             assert r.updates() == [] and ws.state is State.OPEN  # the call goes on
             assert r.server.metrics.calls_ended == {}
@@ -214,7 +214,7 @@ def test_a_barge_in_before_the_update_cancels_the_transfer_and_tells_the_agent()
             await session.send(agent_message("UserStartedSpeaking"))
             await until(lambda: bool(texts_of(session, "UpdatePrompt")), 2, "the system note")
             assert "cancelled" in texts_of(session, "UpdatePrompt")[0]["prompt"]
-            await ws.send(mark(last["mark"]["name"]))
+            await ws.send(twilio_mark(last["mark"]["name"]))
             await asyncio.sleep(0.5)
             assert r.updates() == []
 
@@ -246,7 +246,7 @@ def test_an_emergency_phrase_says_the_fixed_message_then_dials_the_on_call_targe
             assert "on-call doctor" in injected["message"] and injected["behavior"] == "interrupt"
             assert r.updates() == []  # not before the caller heard the message
             last = await announce(session, ws)
-            await ws.send(mark(last["mark"]["name"]))
+            await ws.send(twilio_mark(last["mark"]["name"]))
             await until(lambda: bool(r.updates()), 3, "the safety transfer")
             assert f">{ON_CALL}</Dial>" in (r.updates()[0].field("Twiml") or "")
 
@@ -284,11 +284,11 @@ def test_a_silent_caller_is_reprompted_then_hung_up() -> None:
             await until(lambda: len(texts_of(session, "InjectAgentMessage")) >= 1, 2)
             assert texts_of(session, "InjectAgentMessage")[0]["message"] == "Are you still there?"
             # The agent speaks the reprompt: its turn ends the injection in flight.
-            await ws.send(mark((await announce(session, ws))["mark"]["name"]))
+            await ws.send(twilio_mark((await announce(session, ws))["mark"]["name"]))
             await until(lambda: len(texts_of(session, "InjectAgentMessage")) >= 2, 2)
             assert "Goodbye" in texts_of(session, "InjectAgentMessage")[1]["message"]
             last = await announce(session, ws)
-            await ws.send(mark(last["mark"]["name"]))
+            await ws.send(twilio_mark(last["mark"]["name"]))
             await until(lambda: r.server.metrics.calls_ended.get("silence") == 1, 3)
             await until(lambda: ws.state is State.CLOSED, 3)
 
@@ -331,7 +331,7 @@ def test_a_transfer_with_no_answer_resumes_the_call_with_its_history() -> None:
             await session.send(said)
             await ask_transfer(session, "front_desk")
             last = await announce(session, ws)
-            await ws.send(mark(last["mark"]["name"]))
+            await ws.send(twilio_mark(last["mark"]["name"]))
             await until(lambda: bool(streams), 5, "the resumed stream")
             url, parameters = streams[0]
             assert url == f"wss://127.0.0.1:{r.port}/media-stream"
