@@ -257,6 +257,15 @@ class CallBridge(AgentSide, ControlInputs):
         if self._ended is None:
             self._end(reason, detail, now)
 
+    def transfer(self, target: str, reason: str, now: float) -> None:
+        """Transfer the call now to the configured target named ``target`` (a driver's tool
+        or control API): no announcement; numbers are never taken, only target names."""
+        if self._ended is not None or self.stream_sid is None:
+            raise LocalProtocolError("transfer() outside a started call")
+        if type(target) is not str or target not in self.config.control.targets:
+            raise LocalProtocolError(f"unknown transfer target {str(target)[:64]!r}")
+        self._handoff.transfer_now(target, reason, now)
+
     def redirected(self, ok: bool, detail: str, now: float) -> None:
         """The driver's report on :class:`TransferCall` or :class:`FallbackCall`: the call
         update succeeded (``ok``), or why not. A failed transfer leaves the call with the
