@@ -54,6 +54,7 @@ from sansio import (
 )
 from server import handoff
 from server.agent_leg import AgentLeg
+from server.call_handle import CallHandle
 from server.metrics import Metrics
 from server.options import ServerOptions
 from server.recording import AudioRecorder, recording_path
@@ -109,6 +110,7 @@ class CallDriver:
         self.call_sid = ""
         self.stream_sid = ""
         self.account_sid = ""
+        self.handle = CallHandle(self)
         self._turns: deque[tuple[str, str]] = deque(maxlen=handoff.MAX_TURNS)  # for a transfer
         self._redirects: set[asyncio.Task[None]] = set()
         self.finished = False
@@ -247,6 +249,10 @@ class CallDriver:
         self.twilio.abort()
         if self.agent is not None:
             self.agent.abort()
+
+    def pump(self) -> None:
+        """Carry out what an outside input (a tool's or the control API's) asked of the core."""
+        self._pump()
 
     # ------------------------------------------------------------------ the pump
 
@@ -397,7 +403,7 @@ class CallDriver:
 
     async def _tool(self, action: RunTool) -> None:
         try:
-            content, ok = await self.context.tools.run(action.name, action.arguments)
+            content, ok = await self.context.tools.run(action.name, action.arguments, self.handle)
         finally:
             self._tools.pop(action.call_id, None)
         if not ok:
