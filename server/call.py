@@ -84,6 +84,7 @@ class CallContext:
     records: RecordStore | None
     recordings: AudioRecorder | None
     twilio: TwilioRestClient | None = None
+    live: Callable[[CallHandle, bool], None] | None = None  # a call started (True) or finished
 
 
 class CallDriver:
@@ -341,6 +342,8 @@ class CallDriver:
         for task in self._tools.values():
             task.cancel()
         self.twilio.close()
+        if self.context.live is not None and self.stream_sid:
+            self.context.live(self.handle, False)
         self._on_finished(self)
 
     # ------------------------------------------------------------------ commands
@@ -426,6 +429,8 @@ class CallDriver:
         self.account_sid = notice.account_sid
         self.stream_sid = notice.stream_sid
         self.metrics.calls_started += 1
+        if self.context.live is not None:
+            self.context.live(self.handle, True)
         log.info(
             "call started callSid=%s streamSid=%s peer=%s",
             notice.call_sid or "-",
