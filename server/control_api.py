@@ -9,12 +9,15 @@ instances sharing PostgreSQL), which runs :meth:`ControlApi.local` where the cal
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from sansio import LocalProtocolError
 from server.call_handle import CallHandle
+
+log = logging.getLogger("server.control")
 
 MAX_TEXT = 1500  # characters of a say or prompt text (a PostgreSQL NOTIFY carries < 8000 bytes)
 _SID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
@@ -78,9 +81,13 @@ class ControlApi:
         if problem is not None:
             return 400, {"error": problem}
         answer = self.local(op, sid, payload)
+        where = "here"
         if answer is None and self.relay is not None:
-            answer = await self.relay.forward(op, sid, payload)
-        return answer if answer is not None else (404, {"error": f"no live call {sid}"})
+            answer, where = await self.relay.forward(op, sid, payload), "relayed"
+        if answer is None:
+            return 404, {"error": f"no live call {sid}"}
+        log.info("control %s callSid=%s answered %s: %d", op, sid, where, answer[0])
+        return answer
 
     def serve_peer(self, op: str, sid: str, payload: object) -> Answer:
         """A relayed request (another worker or instance): answered from this process only."""

@@ -222,8 +222,8 @@ class HttpProtocol(asyncio.Protocol):
                     else:
                         self.close()
                     return
-                if self._closing:
-                    return
+                if self._closing or conn.our_state is h11.SEND_RESPONSE:
+                    return  # closed, or answered later (by a thread or a task)
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     self.close()
                     return
