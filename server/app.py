@@ -33,7 +33,7 @@ from server.recording import AudioRecorder
 from server.records.store import RecordsError, is_postgres, open_store
 from server.records.webhook import Deliverer
 from server.tools import ToolRegistry
-from server.twilio_leg import TwilioLeg
+from server.twilio_leg import TwilioLeg, TwilioLink
 from server.twilio_rest import TwilioRestClient
 
 log = logging.getLogger("server")
@@ -45,7 +45,7 @@ class Server:
         self.loop = asyncio.get_running_loop()
         self.calls: set[CallDriver] = set()
         # HTTP connections, then the media streams they became (until their call finishes).
-        self.connections: set[HttpProtocol | TwilioLeg] = set()
+        self.connections: set[HttpProtocol | TwilioLink] = set()
         self.metrics = Metrics(lambda: sum(1 for call in self.calls if call.stream_sid))
         self.tools = tools if tools is not None else ToolRegistry(timeout=options.tool_timeout)
         self.draining = False
@@ -177,11 +177,16 @@ class Server:
     ) -> TwilioLeg:
         """A media stream was accepted: it becomes a call, and its Twilio leg gets the reads."""
         call = CallDriver(self._call_context, transport, trailing_data, peer, self._call_finished)
+        self.add_call(call)
+        assert isinstance(call.twilio, TwilioLeg)
+        return call.twilio
+
+    def add_call(self, call: CallDriver) -> None:
+        """Register and start a new call (the embeddings build theirs: :mod:`server.asgi`)."""
         self.calls.add(call)
         self.connections.add(call.twilio)
         self._calls_empty.clear()
         call.start()
-        return call.twilio
 
     def _call_finished(self, call: CallDriver) -> None:
         self.calls.discard(call)

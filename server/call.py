@@ -61,7 +61,7 @@ from server.recording import AudioRecorder, recording_path
 from server.records.recorder import CallRecorder
 from server.records.store import RecordStore
 from server.tools import ToolRegistry
-from server.twilio_leg import TwilioLeg
+from server.twilio_leg import StreamFactory, TwilioLeg, TwilioLink, TwilioStream
 from server.twilio_rest import TwilioRestClient, TwilioRestError
 from server.twiml import twiml_dial
 from server.ws import WsPeer
@@ -95,14 +95,22 @@ class CallDriver:
         trailing_data: bytes,
         peer: str,
         on_finished: Callable[[CallDriver], None],
+        stream: StreamFactory | None = None,
     ) -> None:
+        """``stream`` builds the Twilio leg instead of a WebSocket over ``transport`` (the ASGI
+        embedding: :mod:`server.asgi_leg`)."""
         self.context = context
         self.loop = context.loop
         self.metrics = context.metrics
         self.options = context.options
         self._on_finished = on_finished
-        self.ws = WsPeer(trailing_data, self.options.max_message_bytes)
-        self.twilio = TwilioLeg(transport, self.ws, self, peer)
+        self.ws: TwilioStream
+        self.twilio: TwilioLink
+        if stream is None:
+            self.ws = WsPeer(trailing_data, self.options.max_message_bytes)
+            self.twilio = TwilioLeg(transport, self.ws, self, peer)
+        else:
+            self.ws, self.twilio = stream(self)
         self.peer = peer
         now = self.loop.time()
         self.core = CallBridge(self.options.bridge, now=now)
