@@ -32,7 +32,7 @@ from ._config import BridgeConfig
 from ._control import Control, ControlInputs, Phase
 from ._counters import Counters
 from ._downlink import Downlink
-from ._errors import Peer, RemoteProtocolError, close_reason
+from ._errors import LocalProtocolError, Peer, RemoteProtocolError, close_reason
 from ._failover import Failover
 from ._history import Conversation
 from ._injections import Injections
