@@ -217,6 +217,8 @@ class CallBridge(TwilioSide, AgentSide, ControlInputs):
             raise LocalProtocolError("transfer() outside a started call")
         if type(target) is not str or target not in self.config.control.targets:
             raise LocalProtocolError(f"unknown transfer target {str(target)[:64]!r}")
+        if self._handoff.busy:
+            raise LocalProtocolError("a transfer or goodbye is already under way")
         self._handoff.transfer_now(target, reason, now)
 
     def redirected(self, ok: bool, detail: str, now: float) -> None:

@@ -71,7 +71,8 @@ class CallHandle:
         self._act(lambda now: self._driver.core.end(EndReason.HANGUP, "hung up on request", now))
 
     def describe(self) -> dict[str, Any]:
-        """The call as ``GET /calls`` shows it."""
+        """The call as ``GET /calls`` shows it: what stays true for the whole call, so a copy
+        (the PostgreSQL live-calls table) never goes stale."""
         driver = self._driver
         age = driver.loop.time() - driver.started_at
         return {
@@ -81,7 +82,6 @@ class CallHandle:
             "to": self.to,
             "parameters": dict(self.parameters),
             "started_at": round(time.time() - age, 3),
-            "agent_state": driver.core.agent_state.value,
         }
 
     def _act(self, step: Callable[[float], None]) -> None:

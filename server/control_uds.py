@@ -19,7 +19,7 @@ from server.call_handle import CallHandle
 from server.control_api import Answer, ControlApi
 
 CONTROL_DIR_ENV = "TWILIO_BRIDGE_CONTROL_DIR"
-MAX_LINE = 256 * 1024  # bytes of one request or answer line
+MAX_LINE = 4 << 20  # bytes of one request or answer line (a worker's whole listing)
 
 
 def setup_control_dir() -> Path:

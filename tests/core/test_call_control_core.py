@@ -110,6 +110,9 @@ def test_a_driver_transfer_names_a_target_and_is_refused_outside_a_call() -> Non
     assert [a for a in call.drain() if isinstance(a, TransferCall)] == [
         TransferCall("front_desk", "+15550001111", "control API")
     ]
+    with pytest.raises(LocalProtocolError, match="already under way"):
+        call.core.transfer("front_desk", "control API", call.now)  # one redirect at a time
+    assert [a for a in call.drain() if isinstance(a, TransferCall)] == []
     call.core.redirected(True, "", call.now)
     with pytest.raises(LocalProtocolError):
         call.core.transfer("front_desk", "control API", call.now)  # the call has ended

@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect
 from server.control_uds import CONTROL_DIR_ENV
 from server.metrics import MULTIPROCESS_ENV
 from tests.helpers import CALL_SID
+from tests.server.test_call_control import FRONT_DESK, rig
 from tests.server_support import (
     CONFIG,
     ROOT,
@@ -70,7 +71,7 @@ def test_the_control_routes_act_on_a_live_call() -> None:
                 (CALL_SID, "+15550001", "+15550002")
             ]
             one = await http(port, request("GET", f"/calls/{CALL_SID}"))
-            assert one.status == 200 and answer(one)["agent_state"] == "ready"
+            assert one.status == 200 and answer(one) == listed["calls"][0]
 
             said = await http(port, request("POST", f"/calls/{CALL_SID}/say", {"text": "Hi"}))
             assert said.status == 200, said.text
@@ -115,6 +116,23 @@ def test_the_control_routes_act_on_a_live_call() -> None:
             await until(lambda: not server.calls)
             assert server.metrics.calls_ended == {"hangup": 1}
             assert answer(await http(port, request("GET", "/calls"))) == {"calls": []}
+
+    run(body())
+
+
+def test_a_transfer_through_the_control_api_dials_the_named_target() -> None:
+    async def body() -> None:
+        async with rig(env=ENV) as r:
+            await r.call()
+            path = f"/calls/{CALL_SID}/transfer"
+            result = await http(r.port, request("POST", path, {"target": "front_desk"}))
+            assert result.status == 200, result.text
+            await until(lambda: bool(r.updates()), 2.0, "the call update")
+            assert f">{FRONT_DESK}</Dial>" in (r.updates()[0].field("Twiml") or "")
+            again = await http(r.port, request("POST", path, {"target": "on_call"}))
+            assert again.status in (404, 409), again.text  # one transfer: the call is leaving
+            await until(lambda: not r.server.calls)
+            assert len(r.updates()) == 1
 
     run(body())
 
