@@ -32,7 +32,7 @@ from ._config import BridgeConfig
 from ._control import Control, ControlInputs, Phase
 from ._counters import Counters
 from ._downlink import Downlink
-from ._errors import Peer, RemoteProtocolError, close_reason
+from ._errors import LocalProtocolError, Peer, RemoteProtocolError, close_reason
 from ._failover import Failover
 from ._history import Conversation
 from ._injections import Injections
@@ -209,6 +209,17 @@ class CallBridge(TwilioSide, AgentSide, ControlInputs):
         """End the call for a reason only the driver can see (shutdown, a stalled socket)."""
         if self._ended is None:
             self._end(reason, detail, now)
+
+    def transfer(self, target: str, reason: str, now: float) -> None:
+        """Transfer the call now to the configured target named ``target`` (a driver's tool
+        or control API): no announcement; numbers are never taken, only target names."""
+        if self._ended is not None or self.stream_sid is None:
+            raise LocalProtocolError("transfer() outside a started call")
+        if type(target) is not str or target not in self.config.control.targets:
+            raise LocalProtocolError(f"unknown transfer target {str(target)[:64]!r}")
+        if self._handoff.busy:
+            raise LocalProtocolError("a transfer or goodbye is already under way")
+        self._handoff.transfer_now(target, reason, now)
 
     def redirected(self, ok: bool, detail: str, now: float) -> None:
         """The driver's report on :class:`TransferCall` or :class:`FallbackCall`: the call

@@ -46,6 +46,7 @@ class EmbeddedServer(Server):
     async def start(self, sock: Any = None) -> None:
         if self.options.local_agent:
             await self._start_local_agent()
+        await self._start_relay()  # the control API across instances sharing PostgreSQL
 
     def on_upgrade(self, transport: Any, trailing_data: bytes, peer: str) -> Any:
         assert isinstance(transport, _Exchange)

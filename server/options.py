@@ -94,6 +94,7 @@ class ServerOptions:
     records: str | None = None
     records_retention_days: float | None = None
     control_token: str | None = field(default=None, repr=False)
+    control_timeout: float = 3.0
     twilio: TwilioCredentials | None = None
     fallback_twiml: str | None = None
     dial_timeout: int = 30
@@ -415,6 +416,7 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
         max_header_bytes=args.max_header_bytes,
         max_body_bytes=args.max_body_bytes,
         request_timeout=args.request_timeout,
+        control_timeout=args.control_timeout,
         max_write_buffer=args.max_write_buffer,
         max_agent_message_bytes=args.max_agent_message_bytes,
         shutdown_grace=args.shutdown_grace,

@@ -108,6 +108,7 @@ async def rig(
     *flags: str,
     dial_outcome: str = "answered",
     connector: Any = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Rig]:
     port = free_port()
     async with (
@@ -119,7 +120,8 @@ async def rig(
             stream_connector=connector,
         ) as peer,
     ):
-        env = {"TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_API_URL": peer.url}  # no account SID: start's
+        # No account SID: start's.
+        env = {"TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_API_URL": peer.url, **(env or {})}
         async with running_server(
             "--port",
             str(port),
