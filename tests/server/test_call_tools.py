@@ -11,7 +11,7 @@ from server.records import cli as records_cli
 from server.tools import ToolRegistry, takes_call
 from tests.helpers import CALL_SID
 from tests.server.test_records import spec as spec
-from tests.server_support import caller, fake_agent, run, running_server, start, until
+from tests.server_support import caller, fake_agent, run, running_server, twilio_start, until
 
 
 def _request(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def test_the_clinic_tools_see_the_caller_and_act_on_the_call(spec: str) -> None:
             running_server("--records", spec, agent=agent, tools=tools) as server,
         ):
             ws = await caller(server)
-            await ws.send(start({"From": "+15550001", "To": "+15550002"}))
+            await ws.send(twilio_start({"From": "+15550001", "To": "+15550002"}))
             session = await agent.session()
             await until(lambda: session.applied_at is not None)
             await session.send(_request("t1", "lookup_patient", {}))
@@ -88,7 +88,7 @@ def test_a_failing_call_tool_is_recorded_as_an_error(spec: str) -> None:
             running_server("--records", spec, agent=agent, tools=tools) as server,
         ):
             ws = await caller(server)
-            await ws.send(start({"From": "+15559999", "To": "+15550002"}))  # no such patient
+            await ws.send(twilio_start({"From": "+15559999", "To": "+15550002"}))  # no such patient
             session = await agent.session()
             await until(lambda: session.applied_at is not None)
             await session.send(_request("t1", "book_appointment", {"slot": "tuesday 10:00"}))

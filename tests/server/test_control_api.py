@@ -31,7 +31,7 @@ from tests.server_support import (
     http,
     run,
     running_server,
-    start,
+    twilio_start,
     until,
 )
 
@@ -62,7 +62,7 @@ def test_the_control_routes_act_on_a_live_call() -> None:
         async with fake_agent() as agent, running_server(agent=agent, env=ENV) as server:
             port = server.port
             ws = await caller(server)
-            await ws.send(start({"From": "+15550001", "To": "+15550002"}))
+            await ws.send(twilio_start({"From": "+15550001", "To": "+15550002"}))
             session = await agent.session()
             await until(lambda: session.applied_at is not None)
 
@@ -182,7 +182,7 @@ def test_say_reaches_the_call_whichever_of_two_workers_answers(tmp_path: Path) -
             try:
                 await until(lambda: sum("listening on" in x for x in lines) == 2, 20, "listening")
                 ws = await connect(f"ws://127.0.0.1:{port}/media-stream", compression=None)
-                await ws.send(start())
+                await ws.send(twilio_start())
                 session = await agent.session()
                 await until(lambda: session.applied_at is not None, 5, "applied")
                 for i in range(requests):  # each on a new connection: either worker answers
@@ -231,7 +231,7 @@ def test_a_request_to_one_instance_reaches_a_call_on_another_through_postgres() 
             running_server(*flags, agent=agent, env=ENV) as b,
         ):
             ws = await caller(a)
-            await ws.send(start({"From": "+15550001", "To": "+15550002"}))
+            await ws.send(twilio_start({"From": "+15550001", "To": "+15550002"}))
             session = await agent.session()
             await until(lambda: session.applied_at is not None)
 
