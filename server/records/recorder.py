@@ -38,13 +38,15 @@ from server.records.redact import Redactor, keep
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """One change for the store: ``start`` (the call row), ``turn``, ``event`` or ``finish``."""
+    """One change for the store: ``start`` (the call row), ``turn``, ``event``, ``finish``, or
+    ``outbound`` (columns of an outbound call's row)."""
 
     op: str
     call_sid: str
     record: CallRecord | None = None
     turn: Turn | None = None
     event: Event | None = None
+    outbound: dict[str, Any] | None = None
 
 
 def _ms(seconds: float) -> float:
