@@ -53,6 +53,14 @@ def sent(actions: list[object]) -> list[dict[str, Any]]:
     return agent_texts(actions)  # type: ignore[arg-type]
 
 
+def ended_at(call: Call, at: float) -> CallEnded:
+    """The call's end, which came at ``at``: the legs' close deadline counts from it."""
+    ended = call.core.ended
+    assert ended is not None
+    assert call.core.next_deadline() == at + 1.0  # close_timeout
+    return ended
+
+
 def answer(actions: list[object]) -> dict[str, Any]:
     (response,) = [m for m in sent(actions) if m["type"] == "FunctionCallResponse"]
     content: dict[str, Any] = json.loads(response["content"])
@@ -142,7 +150,7 @@ def ask(call: Call, arguments: object, call_id: str = "fc-1") -> list[object]:
 
 
 def test_the_transfer_tool_answers_ok_and_transfers_only_after_the_announcement() -> None:
-    call = ready(control())
+    call = ready(control(), keepalive_interval=100.0)
     out = ask(call, {"target": "front_desk", "reason": "billing"})
     (response,) = [m for m in sent(out) if m["type"] == "FunctionCallResponse"]
     assert (response["id"], response["name"]) == ("fc-1", "transfer_call")
@@ -159,9 +167,10 @@ def test_the_transfer_tool_answers_ok_and_transfers_only_after_the_announcement(
     assert [a for a in out if isinstance(a, TransferCall)] == [
         TransferCall("front_desk", DESK, "billing")
     ]
+    assert call.core.next_deadline() == call.now + 15.0  # handoff_timeout from the echo
     # the redirect succeeded: the call ends as a transfer
-    call.core.redirected(True, "", call.now)
-    (ended,) = [a for a in call.drain() if isinstance(a, CallEnded)]
+    call.at(call.now + 2.0).core.redirected(True, "", call.now)
+    ended = ended_at(call, call.now)
     assert (ended.reason, ended.detail) == (EndReason.TRANSFER, "transferred to front_desk")
 
 
@@ -242,8 +251,9 @@ def test_a_failed_transfer_keeps_the_caller_with_the_agent_and_says_so() -> None
     call = ready(control())
     ask(call, {"target": "nurse"})
     call.advance_to(3.0)
-    call.core.redirected(False, "HTTP 404", call.now)
+    call.at(4.0).core.redirected(False, "HTTP 404", call.now)
     out = call.drain()
+    assert call.core.next_deadline() == 4.0 + 8.0  # the agent keepalive counts from the line
     assert TransferCancelled("nurse", "update failed: HTTP 404") in out
     assert {"type": "InjectAgentMessage", "message": CallControl().transfer_failed} in sent(out)
     assert call.core.ended is None
@@ -278,8 +288,8 @@ def test_a_failed_fallback_ends_the_call_with_why() -> None:
     assert call.drain() == [
         FallbackCall("agent_error", "the agent closed the connection with code 1011")
     ]
-    call.core.redirected(False, "no credentials", call.now)
-    (ended,) = [a for a in call.drain() if isinstance(a, CallEnded)]
+    call.at(1.5).core.redirected(False, "no credentials", call.now)
+    ended = ended_at(call, 1.5)
     assert (ended.reason, ended.detail) == (
         EndReason.AGENT_ERROR,
         "the agent closed the connection with code 1011; redirected to the fallback,"
@@ -323,7 +333,8 @@ def test_a_keypad_transfer_goes_at_once_and_replaces_a_waiting_announcement() ->
 
 def test_a_keypad_hangup_says_why() -> None:
     call = ready(control(keypad={"9": "hangup"}))
-    (ended,) = [a for a in press(call, "9") if isinstance(a, CallEnded)]
+    press(call.at(2.5), "9")
+    ended = ended_at(call, 2.5)
     assert (ended.reason, ended.detail) == (EndReason.HANGUP, "the caller pressed the hangup key")
 
 
@@ -513,3 +524,32 @@ def test_a_safety_phrase_before_the_agent_is_ready_does_nothing() -> None:
     call.agent(agent("SettingsApplied"))
     out = call.agent(agent("ConversationText", role="user", content="chest pain"))
     assert len(injections(out)) == 1  # the first one did not use up the rule
+
+
+def test_a_failed_keypad_transfer_leaves_the_transfer_tool_usable() -> None:
+    call = ready(control(keypad={"0": "transfer:front_desk"}))
+    press(call, "0")
+    call.core.redirected(False, "HTTP 500", call.now)
+    call.drain()
+    assert answer(ask(call, {"target": "nurse"}))["ok"] is True
+    out = call.advance_to(3.0)
+    assert [a for a in out if isinstance(a, TransferCall)] == [TransferCall("nurse", NURSE, "")]
+
+
+def test_a_barge_in_cancels_the_silence_goodbye_and_the_call_goes_on() -> None:
+    call = ready(control(silence_reprompt=5.0, silence_hangup=1))
+    call.advance_to(5.0)
+    call.agent(agent("ConversationText", role="assistant", content=CallControl().reprompt_text))
+    call.advance_to(10.0)  # the goodbye is asked for
+    out = call.at(11.0).agent(agent("UserStartedSpeaking"))
+    assert not any(isinstance(a, TransferCancelled) for a in out)  # no transfer to cancel
+    call.advance_to(15.0)
+    assert call.core.ended is None
+
+
+def test_a_curly_apostrophe_matches_a_straight_one_in_a_safety_phrase() -> None:
+    call = ready(control(safety_rules=(RULE,)))
+    out = call.agent(agent("ConversationText", role="user", content="I can\u2019t BREATHE"))
+    assert injections(out) == [
+        {"type": "InjectAgentMessage", "message": "Connecting you now.", "behavior": "interrupt"}
+    ]
