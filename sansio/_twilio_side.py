@@ -125,7 +125,10 @@ class TwilioSide:
         self.custom_parameters = start.parameters
         self._twilio_state = TwilioState.STREAMING
         self._downlink = Downlink(start.stream_sid, self._playback, self._actions)
-        self._settings = _agent.call_settings(self.config.settings, start.parameters)
+        choose = self.config.choose_settings
+        chosen = choose(start.parameters) if choose is not None else None
+        base = self.config.settings if chosen is None else chosen
+        self._settings = _agent.call_settings(base, start.parameters)
         if self._resume is not None:
             self._conversation.seed(self._resume.history)
         self._actions.append(

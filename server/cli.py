@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     add("--port", type=_port, default=5000, help="port to listen on (default 5000)")
     add("--config", default="config.json", help="agent Settings JSON (default ./config.json)")
+    add("--route", action="append", metavar="NUMBER=CONFIG",
+        help="repeatable: calls to E.164 NUMBER get the agent Settings of file CONFIG (its stem "
+        "names the agent for outbound calls; docs/outbound.md)")  # fmt: skip
     add("--env-file", default=".env", help="dotenv file to read (default ./.env)")
     add(
         "--agent-url",
