@@ -38,6 +38,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -212,6 +213,14 @@ class ServerProcess:
         if bridge == "naive":
             command = [sys.executable, "-m", "bench.naive_bridge", *common,
                        "--buffer-ms", str(chunk_ms)]  # fmt: skip
+        elif bridge == "asgi":  # the same flags, in examples/fastapi_app.py under uvicorn
+            env["BRIDGE_FLAGS"] = shlex.join(
+                [*common[4:], "--chunk-ms", str(chunk_ms), "--log-level", "WARNING",
+                 "--idle-timeout", "60", "--shutdown-grace", "1", "--preroll-policy", "keep"]
+            )  # fmt: skip
+            command = [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app",
+                       "--host", "127.0.0.1", "--port", str(self.port),
+                       "--log-level", "warning", "--no-access-log"]  # fmt: skip
         else:  # the pre-roll is kept so that every frame the bridge did not deliver is "lost"
             command = [sys.executable, "-m", "server", *common,
                        "--chunk-ms", str(chunk_ms), "--log-level", "WARNING",
@@ -219,6 +228,7 @@ class ServerProcess:
                        "--preroll-policy", "keep"]  # fmt: skip
             if workers > 1:
                 command += ["--workers", str(workers)]
+            command += shlex.split(os.environ.get("BENCH_SERVER_FLAGS", ""))  # --server-flags
         self.proc = subprocess.Popen(
             command,
             env=env,
@@ -454,6 +464,8 @@ def print_row(r: dict[str, Any]) -> None:
         print(f"      {r['agent_sessions_ready']} of {r['calls']} calls ready; {r['errors']}")
     if "cpu_vs_naive" in r:
         print(f"      server CPU = {r['cpu_vs_naive']}x the naive bridge's in this run")
+    if "cpu_vs_server" in r:
+        print(f"      ASGI CPU = {r['cpu_vs_server']}x the bundled server's in this run")
 
 
 @dataclass(frozen=True, slots=True)
@@ -735,6 +747,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     row["cpu_vs_naive"] = round(ratio, 2)
                 rows.append(row)
                 print_row(row)
+                if args.asgi:  # the same load on the ASGI embedding, just after
+                    asgi = await measure(
+                        Point("asgi", count, args.seconds, chunk, args.barge_in_every)
+                    )
+                    if row["server_cpu_ms_per_call_s"] > 0:
+                        ratio = asgi["server_cpu_ms_per_call_s"] / row["server_cpu_ms_per_call_s"]
+                        asgi["cpu_vs_server"] = round(ratio, 2)
+                    rows.append(asgi)
+                    print_row(asgi)
     result["load_after"] = load_average()
     print(f"uptime after: {result['load_after']['uptime']}")
     return result
@@ -753,10 +774,17 @@ def main(argv: list[str] | None = None) -> int:
     add("--barge-in-every", type=float, default=5.0, help="seconds between barge-ins per call")
     add("--quick", action="store_true", help="a seconds-long smoke run")
     add("--no-peer-check", action="store_true", help="skip the call with the peers")
+    add("--server-flags", default="", metavar="FLAGS",
+        help="extra flags for python -m server, e.g. '--loop asyncio'")
     add(
         "--no-baseline",
         action="store_true",
         help="skip the naive bridge measured beside each point",
+    )
+    add(
+        "--asgi",
+        action="store_true",
+        help="also measure the ASGI embedding (examples/fastapi_app.py under uvicorn)",
     )
     add("--no-perf", action="store_true", help="do not run perf stat (wake-ups from /proc only)")
     add(
@@ -784,6 +812,8 @@ def main(argv: list[str] | None = None) -> int:
     add("--plot", action="store_true", help="write PNGs (needs matplotlib)")
     add("--json", type=Path, default=ROOT / "bench" / "results" / "calls.json")
     args = parser.parse_args(argv)
+    if args.server_flags:
+        os.environ["BENCH_SERVER_FLAGS"] = args.server_flags
     args.chunk_ms_list = _ints(args.chunk_ms)
     args.calls_list = _ints(args.calls)
     if args.quick:

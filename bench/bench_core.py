@@ -33,6 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from peers import twilio_messages
 from sansio import BridgeConfig, CallBridge, SendAgentAudio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,42 +52,16 @@ def media_messages(count: int) -> list[str]:
     messages = []
     for i in range(count):
         start = (i * FRAME) % (len(clip) - FRAME)
-        payload = base64.b64encode(clip[start : start + FRAME]).decode()
-        messages.append(
-            json.dumps(
-                {
-                    "event": "media",
-                    "sequenceNumber": str(i + 2),
-                    "media": {
-                        "track": "inbound",
-                        "chunk": str(i + 1),
-                        "timestamp": str(20 * i),
-                        "payload": payload,
-                    },
-                    "streamSid": STREAM_SID,
-                }
-            )
-        )
+        audio = clip[start : start + FRAME]
+        messages.append(twilio_messages.media(audio, STREAM_SID, sequence=i + 2, chunk=i + 1))
     return messages
 
 
 def ready_core(chunk_ms: int, loads: Callable[[str], Any] = json.loads) -> CallBridge:
     config = BridgeConfig(settings=load_json("config.json"), chunk_ms=chunk_ms, json_loads=loads)
     core = CallBridge(config, now=0.0)
-    start = {
-        "event": "start",
-        "sequenceNumber": "1",
-        "start": {
-            "streamSid": STREAM_SID,
-            "callSid": "CA" + "0" * 32,
-            "accountSid": "AC" + "0" * 32,
-            "tracks": ["inbound"],
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-            "customParameters": {},
-        },
-        "streamSid": STREAM_SID,
-    }
-    core.twilio_text(json.dumps(start), 0.0)
+    start = twilio_messages.start(STREAM_SID, "CA" + "0" * 32, "AC" + "0" * 32, {})
+    core.twilio_text(start, 0.0)
     core.agent_connected(0.0)
     core.agent_text('{"type":"Welcome","request_id":"bench"}', 0.0)
     core.agent_text('{"type":"SettingsApplied"}', 0.0)

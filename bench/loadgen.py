@@ -21,6 +21,7 @@ import time
 from binascii import a2b_base64
 from dataclasses import dataclass, field
 
+from peers import twilio_messages
 from peers.frames import FrameReader, accept_key, client_frame, server_frame
 
 MAGIC = b"\xa5\x5a"
@@ -71,10 +72,7 @@ class LeanCaller(asyncio.Protocol):
         self.sid = f"MZ{index:032x}"
         self.sequence = 1
         self.frames = 0
-        sid = json.dumps(self.sid)
-        self.media_prefix = b'{"event":"media","sequenceNumber":"'
-        self.media_middle = b'","media":{"track":"inbound","chunk":"'
-        self.sid_suffix = ('"},"streamSid":' + sid + "}").encode()
+        self.media_parts = twilio_messages.media_template(self.sid)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -140,22 +138,11 @@ class LeanCaller(asyncio.Protocol):
 
     def _start(self) -> None:
         assert self.transport is not None
-        start = {
-            "event": "start",
-            "sequenceNumber": "1",
-            "start": {
-                "accountSid": "AC" + "0" * 32,
-                "streamSid": self.sid,
-                "callSid": f"CA{self.index:032x}",
-                "tracks": ["inbound"],
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                "customParameters": {"From": f"bench-{self.index}"},
-            },
-            "streamSid": self.sid,
-        }
-        connected = {"event": "connected", "protocol": "Call", "version": "1.0.0"}
+        start = twilio_messages.start(
+            self.sid, f"CA{self.index:032x}", "AC" + "0" * 32, {"From": f"bench-{self.index}"}
+        )
         self.transport.write(
-            client_frame(json.dumps(connected).encode()) + client_frame(json.dumps(start).encode())
+            client_frame(twilio_messages.connected().encode()) + client_frame(start.encode())
         )
 
     def send_frame(self, frame_id: int, now: float) -> None:
@@ -165,17 +152,18 @@ class LeanCaller(asyncio.Protocol):
             return
         audio = MAGIC + frame_id.to_bytes(4, "big") + FILLER[: FRAME - 6]
         self.frames += 1
+        prefix, after_sequence, after_chunk, after_timestamp, suffix = self.media_parts
         message = b"".join(
             (
-                self.media_prefix,
+                prefix,
                 self._sequence().encode(),
-                self.media_middle,
+                after_sequence,
                 str(self.frames).encode(),
-                b'","timestamp":"',
+                after_chunk,
                 str(self.frames * 20).encode(),
-                b'","payload":"',
+                after_timestamp,
                 base64.b64encode(audio),
-                self.sid_suffix,
+                suffix,
             )
         )
         transport.write(client_frame(message))

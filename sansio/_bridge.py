@@ -5,9 +5,10 @@ any monotonic clock). Outputs are drained with :meth:`CallBridge.actions`; the d
 re-reads :meth:`CallBridge.next_deadline` and calls :meth:`CallBridge.handle_timeout` when it
 passes. Nothing here reads a clock or touches a socket.
 
-This module keeps the legs' states, the Twilio side, the dispatch and the end and fail paths;
-the agent side is :mod:`._agent_side`, the control inputs :mod:`._control`, and the rest is
-composed in (see the package's modules), as aioquic and h11 do.
+This module keeps the legs' states, the dispatch, and the end and fail paths; the Twilio side
+is :mod:`._twilio_side`, the agent side :mod:`._agent_side`, the control inputs
+:mod:`._control`, and the rest is composed in (see the package's modules), as aioquic and h11
+do.
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
-from . import _agent, _twilio
+from . import _agent
 from ._actions import (
     Action,
     CallEnded,
-    CallStarted,
     CallStats,
     CloseAgent,
     CloseTwilio,
     EndReason,
-    OpenAgent,
     ReplyPlayback,
 )
 from ._agent_side import AgentSide, Handler
@@ -33,7 +32,7 @@ from ._config import BridgeConfig
 from ._control import Control, ControlInputs, Phase
 from ._counters import Counters
 from ._downlink import Downlink
-from ._errors import LocalProtocolError, Peer, RemoteProtocolError, close_reason, decode_object
+from ._errors import LocalProtocolError, Peer, RemoteProtocolError, close_reason
 from ._failover import Failover
 from ._history import Conversation
 from ._injections import Injections
@@ -44,7 +43,7 @@ from ._state import AGENT_OPEN, ENDED, AgentState, TwilioState
 from ._timers import Clock, Hooks, call_timers
 from ._tools import Tools
 from ._transfer import Handoff
-from ._twilio import Oddity
+from ._twilio_side import TwilioSide
 from ._uplink import Uplink
 from ._watch import Watch
 
@@ -56,7 +55,7 @@ _AGENT_FAILURES = frozenset(
 )
 
 
-class CallBridge(AgentSide, ControlInputs):
+class CallBridge(TwilioSide, AgentSide, ControlInputs):
     """Bridges one call. Create it when Twilio's WebSocket is accepted."""
 
     def __init__(self, config: BridgeConfig, *, now: float) -> None:
@@ -200,53 +199,7 @@ class CallBridge(AgentSide, ControlInputs):
         """Run every timer that is due at ``now``."""
         self._timers.fire_due(now, self._phase)
 
-    # ------------------------------------------------------------------ Twilio inputs
-
-    def twilio_text(self, text: str, now: float) -> None:
-        """One text message from Twilio's WebSocket."""
-        if self._twilio_state is TwilioState.CLOSED:
-            raise LocalProtocolError("twilio_text() after twilio_closed()")
-        self._clock.twilio_rx = now
-        if self._ended is not None:
-            return
-        message = decode_object(self._loads, text)
-        if type(message) is not dict:
-            self._fail(Peer.TWILIO, f"Twilio sent {message}", 1007, now)
-            return
-        event = message.get("event")
-        if event == "media":  # the hot path: 50 per second
-            if self._twilio_state is TwilioState.STREAMING:
-                audio = _twilio.media_audio(message)
-                if isinstance(audio, Oddity):
-                    self._tolerate(audio)
-                elif audio:
-                    self._counters.caller_audio_bytes += len(audio)
-                    self._uplink.push(audio, now, self._agent_state is AgentState.READY)
-            else:
-                self._ignore(Peer.TWILIO, "media before start")
-            return
-        handler = self._twilio_handlers.get(event) if type(event) is str else None
-        if handler is None:
-            self._ignore(Peer.TWILIO, f"unknown event {str(event)[:40]!r}")
-        else:
-            handler(message, now)
-
-    def twilio_bytes(self, data: bytes, now: float) -> None:
-        """One binary message from Twilio's WebSocket, which Twilio never sends."""
-        if self._twilio_state is TwilioState.CLOSED:
-            raise LocalProtocolError("twilio_bytes() after twilio_closed()")
-        self._clock.twilio_rx = now
-        if self._ended is None:
-            self._fail(Peer.TWILIO, "Twilio sent a binary message", 1003, now)
-
-    def twilio_closed(self, code: int | None, now: float) -> None:
-        """Twilio's WebSocket is gone (closed by either side, or dropped)."""
-        if self._twilio_state is TwilioState.CLOSED:
-            return
-        self._twilio_state = TwilioState.CLOSED
-        if self._ended is None:
-            how = "without a close frame" if code is None else f"with code {code}"
-            self._hang_up(f"Twilio closed the stream {how}", now)
+    # ------------------------------------------------------------------ driver inputs
 
     def tool_result(self, call_id: str, content: str, now: float) -> None:
         """The driver's answer to :class:`RunTool`; sent as ``FunctionCallResponse``."""
@@ -257,6 +210,17 @@ class CallBridge(AgentSide, ControlInputs):
         if self._ended is None:
             self._end(reason, detail, now)
 
+    def transfer(self, target: str, reason: str, now: float) -> None:
+        """Transfer the call now to the configured target named ``target`` (a driver's tool
+        or control API): no announcement; numbers are never taken, only target names."""
+        if self._ended is not None or self.stream_sid is None:
+            raise LocalProtocolError("transfer() outside a started call")
+        if type(target) is not str or target not in self.config.control.targets:
+            raise LocalProtocolError(f"unknown transfer target {str(target)[:64]!r}")
+        if self._handoff.busy:
+            raise LocalProtocolError("a transfer or goodbye is already under way")
+        self._handoff.transfer_now(target, reason, now)
+
     def redirected(self, ok: bool, detail: str, now: float) -> None:
         """The driver's report on :class:`TransferCall` or :class:`FallbackCall`: the call
         update succeeded (``ok``), or why not. A failed transfer leaves the call with the
@@ -265,48 +229,6 @@ class CallBridge(AgentSide, ControlInputs):
             self._handoff.redirected(ok, detail, now)
 
     # ------------------------------------------------------------------ events
-
-    def _on_start(self, message: dict[str, Any], now: float) -> None:
-        if self._twilio_state is not TwilioState.AWAITING_START:
-            self._ignore(Peer.TWILIO, "a second start")
-            return
-        start = _twilio.parse_start(message)
-        if isinstance(start, _twilio.Fault):
-            self._fail(Peer.TWILIO, start.detail, start.close_code, now)
-            return
-        self.call_sid = start.call_sid
-        admit = self.config.admit
-        refusal = admit(start.call_sid, start.parameters) if admit is not None else None
-        if refusal is not None:
-            self._fail(Peer.TWILIO, f"call refused: {refusal}", 1008, now)
-            return
-        resume = self.config.control.resume
-        self._resume = resume(start.call_sid, start.parameters) if resume is not None else None
-        self._watch.started(now)
-        self.stream_sid = start.stream_sid
-        self.custom_parameters = start.parameters
-        self._twilio_state = TwilioState.STREAMING
-        self._downlink = Downlink(start.stream_sid, self._playback, self._actions)
-        self._settings = _agent.call_settings(self.config.settings, start.parameters)
-        if self._resume is not None:
-            self._conversation.seed(self._resume.history)
-        self._actions.append(
-            CallStarted(start.stream_sid, start.call_sid, start.account_sid, start.parameters)
-        )
-        self._agent_state = AgentState.CONNECTING
-        self._clock.agent_opened = now
-        self._actions.append(OpenAgent())
-
-    def _on_mark(self, message: dict[str, Any], now: float) -> None:
-        name = _twilio.mark_name(message)
-        echo = self._downlink.echoed(name) if self._downlink and type(name) is str else None
-        if echo is None:
-            self._ignore(Peer.TWILIO, "echo of a mark never sent")
-            return
-        self._watch.agent_active(now)
-        if echo.last:
-            self._tools.reply_played(now)
-            self._handoff.reply_played(now)
 
     def _on_user_started_speaking(self, message: dict[str, Any], now: float) -> None:
         self._open_downlink().barge_in()
@@ -326,12 +248,6 @@ class CallBridge(AgentSide, ControlInputs):
         return "ready" if self._agent_state is AgentState.READY else "reconnecting"
 
     # ------------------------------------------------------------------ plumbing
-
-    def _tolerate(self, oddity: Oddity) -> None:
-        self._ignore(Peer.TWILIO, oddity.detail, undecodable=oddity.undecodable)
-
-    def _hang_up(self, detail: str, now: float) -> None:
-        self._end(EndReason.HANGUP, detail, now)
 
     def _fail(self, peer: Peer, message: str, close_code: int, now: float) -> None:
         self._error = RemoteProtocolError(peer, message, close_code)

@@ -13,6 +13,7 @@ from ._errors import ConfigError
 
 JsonLoads = Callable[[str], Any]
 Admit = Callable[[str, Mapping[str, str]], "str | None"]
+ChooseSettings = Callable[[Mapping[str, str]], "Mapping[str, Any] | None"]
 
 PREROLL_POLICIES = ("keep", "drop", "last")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -30,6 +31,10 @@ class BridgeConfig:
     any agent leg is opened: a returned string refuses the call (it ends as ``protocol_error``
     with close code 1008). It is the driver's hook for per-call authentication, such as a token
     the webhook put in the TwiML, so the core itself holds no keys.
+
+    ``choose_settings(custom_parameters)``, when given, is asked at ``start`` too: the
+    ``Settings`` of this call (an agent chosen by the called number, say), or None for
+    ``settings``. The driver validates what it may return once, at startup.
 
     ``preroll_policy`` says what of the caller audio held before the first ``SettingsApplied``
     reaches the agent: ``keep`` (all of it), ``drop`` (none: an early "Hello?" would make the
@@ -62,6 +67,7 @@ class BridgeConfig:
     history_limit: int = 100
     json_loads: JsonLoads = field(default=json.loads, compare=False)
     admit: Admit | None = field(default=None, compare=False)
+    choose_settings: ChooseSettings | None = field(default=None, compare=False)
     control: CallControl = field(default_factory=CallControl)
 
     def __post_init__(self) -> None:

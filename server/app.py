@@ -19,17 +19,21 @@ import signal
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from server.call import CallContext, CallDriver
+from server.call_handle import CallHandle
+from server.control_api import ControlApi, Relay
+from server.control_uds import CONTROL_DIR_ENV, UnixRelay
 from server.http import HttpProtocol
 from server.metrics import Metrics
 from server.options import ServerOptions, StartupError
 from server.recording import AudioRecorder
-from server.records.store import RecordsError, open_store
+from server.records.store import RecordsError, is_postgres, open_store
 from server.records.webhook import Deliverer
 from server.tools import ToolRegistry
-from server.twilio_leg import TwilioLeg
+from server.twilio_leg import TwilioLeg, TwilioLink
 from server.twilio_rest import TwilioRestClient
 
 log = logging.getLogger("server")
@@ -41,7 +45,7 @@ class Server:
         self.loop = asyncio.get_running_loop()
         self.calls: set[CallDriver] = set()
         # HTTP connections, then the media streams they became (until their call finishes).
-        self.connections: set[HttpProtocol | TwilioLeg] = set()
+        self.connections: set[HttpProtocol | TwilioLink] = set()
         self.metrics = Metrics(lambda: sum(1 for call in self.calls if call.stream_sid))
         self.tools = tools if tools is not None else ToolRegistry(timeout=options.tool_timeout)
         self.draining = False
@@ -78,7 +82,10 @@ class Server:
             self.records,
             self.recordings,
             self.twilio,
+            self._live,
         )
+        self.control = ControlApi(lambda: (call.handle for call in self.calls))
+        self._relay: Relay | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -86,6 +93,7 @@ class Server:
         """Start listening (on ``sock`` if given). Raises StartupError if the port is taken."""
         if self.options.local_agent:
             await self._start_local_agent()
+        await self._start_relay()
 
         def factory() -> HttpProtocol:
             return HttpProtocol(self)
@@ -134,6 +142,32 @@ class Server:
         self._call_context = dataclasses.replace(self._call_context, agent_url=url)
         log.info("local agent listening at %s (no Deepgram key needed)", url)
 
+    async def _start_relay(self) -> None:
+        """How the control API reaches the calls of other processes: the instances sharing
+        PostgreSQL records, else this instance's other workers (docs/deployment.md)."""
+        options = self.options
+        if not options.control_token:
+            return
+        timeout = options.control_timeout
+        directory = os.environ.get(CONTROL_DIR_ENV)
+        if options.records is not None and is_postgres(options.records):
+            from server.control_pg import PostgresRelay  # psycopg: only with PostgreSQL records
+
+            relay: Relay = PostgresRelay(self.control, options.records, timeout)
+        elif directory:
+            relay = UnixRelay(self.control, Path(directory), timeout)
+        else:
+            return
+        try:
+            await relay.start()
+        except Exception as exc:
+            raise StartupError(f"cannot start the control relay: {exc}") from None
+        self._relay = self.control.relay = relay
+
+    def _live(self, handle: CallHandle, up: bool) -> None:
+        if self._relay is not None:
+            self._relay.live(handle, up)
+
     def at_capacity(self) -> bool:
         limit = self.options.max_calls
         return limit is not None and len(self.calls) >= limit
@@ -143,11 +177,16 @@ class Server:
     ) -> TwilioLeg:
         """A media stream was accepted: it becomes a call, and its Twilio leg gets the reads."""
         call = CallDriver(self._call_context, transport, trailing_data, peer, self._call_finished)
+        self.add_call(call)
+        assert isinstance(call.twilio, TwilioLeg)
+        return call.twilio
+
+    def add_call(self, call: CallDriver) -> None:
+        """Register and start a new call (the embeddings build theirs: :mod:`server.asgi`)."""
         self.calls.add(call)
         self.connections.add(call.twilio)
         self._calls_empty.clear()
         call.start()
-        return call.twilio
 
     def _call_finished(self, call: CallDriver) -> None:
         self.calls.discard(call)
@@ -189,6 +228,8 @@ class Server:
         if self._stop_local_agent is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._stop_local_agent(), 2.0)
+        if self._relay is not None:
+            await self._relay.stop()
         if self.twilio is not None:
             await self.twilio.aclose()
         if self.recordings is not None:

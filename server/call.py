@@ -54,13 +54,14 @@ from sansio import (
 )
 from server import handoff
 from server.agent_leg import AgentLeg
+from server.call_handle import CallHandle
 from server.metrics import Metrics
 from server.options import ServerOptions
 from server.recording import AudioRecorder, recording_path
 from server.records.recorder import CallRecorder
 from server.records.store import RecordStore
 from server.tools import ToolRegistry
-from server.twilio_leg import TwilioLeg
+from server.twilio_leg import StreamFactory, TwilioLeg, TwilioLink, TwilioStream
 from server.twilio_rest import TwilioRestClient, TwilioRestError
 from server.twiml import twiml_dial
 from server.ws import WsPeer
@@ -83,6 +84,7 @@ class CallContext:
     records: RecordStore | None
     recordings: AudioRecorder | None
     twilio: TwilioRestClient | None = None
+    live: Callable[[CallHandle, bool], None] | None = None  # a call started (True) or finished
 
 
 class CallDriver:
@@ -93,14 +95,22 @@ class CallDriver:
         trailing_data: bytes,
         peer: str,
         on_finished: Callable[[CallDriver], None],
+        stream: StreamFactory | None = None,
     ) -> None:
+        """``stream`` builds the Twilio leg instead of a WebSocket over ``transport`` (the ASGI
+        embedding: :mod:`server.asgi_leg`)."""
         self.context = context
         self.loop = context.loop
         self.metrics = context.metrics
         self.options = context.options
         self._on_finished = on_finished
-        self.ws = WsPeer(trailing_data, self.options.max_message_bytes)
-        self.twilio = TwilioLeg(transport, self.ws, self, peer)
+        self.ws: TwilioStream
+        self.twilio: TwilioLink
+        if stream is None:
+            self.ws = WsPeer(trailing_data, self.options.max_message_bytes)
+            self.twilio = TwilioLeg(transport, self.ws, self, peer)
+        else:
+            self.ws, self.twilio = stream(self)
         self.peer = peer
         now = self.loop.time()
         self.core = CallBridge(self.options.bridge, now=now)
@@ -109,6 +119,7 @@ class CallDriver:
         self.call_sid = ""
         self.stream_sid = ""
         self.account_sid = ""
+        self.handle = CallHandle(self)
         self._turns: deque[tuple[str, str]] = deque(maxlen=handoff.MAX_TURNS)  # for a transfer
         self._redirects: set[asyncio.Task[None]] = set()
         self.finished = False
@@ -248,6 +259,10 @@ class CallDriver:
         if self.agent is not None:
             self.agent.abort()
 
+    def pump(self) -> None:
+        """Carry out what an outside input (a tool's or the control API's) asked of the core."""
+        self._pump()
+
     # ------------------------------------------------------------------ the pump
 
     def _pump(self) -> None:
@@ -335,6 +350,8 @@ class CallDriver:
         for task in self._tools.values():
             task.cancel()
         self.twilio.close()
+        if self.context.live is not None and self.stream_sid:
+            self.context.live(self.handle, False)
         self._on_finished(self)
 
     # ------------------------------------------------------------------ commands
@@ -397,7 +414,7 @@ class CallDriver:
 
     async def _tool(self, action: RunTool) -> None:
         try:
-            content, ok = await self.context.tools.run(action.name, action.arguments)
+            content, ok = await self.context.tools.run(action.name, action.arguments, self.handle)
         finally:
             self._tools.pop(action.call_id, None)
         if not ok:
@@ -420,6 +437,8 @@ class CallDriver:
         self.account_sid = notice.account_sid
         self.stream_sid = notice.stream_sid
         self.metrics.calls_started += 1
+        if self.context.live is not None:
+            self.context.live(self.handle, True)
         log.info(
             "call started callSid=%s streamSid=%s peer=%s",
             notice.call_sid or "-",

@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 
 from server import __version__
 from server.app import Server, run_loop, serve
+from server.control_uds import setup_control_dir
 from server.metrics import setup_multiprocess_metrics
 from server.options import DEFAULT_AGENT_URL, ServerOptions, StartupError, make_options
 from server.tools import ToolLoadError, ToolRegistry
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     add("--port", type=_port, default=5000, help="port to listen on (default 5000)")
     add("--config", default="config.json", help="agent Settings JSON (default ./config.json)")
+    add("--route", action="append", metavar="NUMBER=CONFIG",
+        help="repeatable: calls to E.164 NUMBER get the agent Settings of file CONFIG (its stem "
+        "names the agent for outbound calls; docs/outbound.md)")  # fmt: skip
     add("--env-file", default=".env", help="dotenv file to read (default ./.env)")
     add(
         "--agent-url",
@@ -126,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest HTTP request head; larger gets 431 (default 16384)")
     add("--max-body-bytes", type=_positive_int, default=65536,
         help="largest webhook body; larger gets 413 (default 65536)")
+    add("--control-timeout", type=_seconds, default=3.0,
+        help="seconds the control API waits for the worker or instance that has the call "
+             "(default 3)")
     add("--request-timeout", type=_seconds, default=10.0,
         help="seconds to receive a whole HTTP request (default 10)")
     add("--max-write-buffer", type=_positive_int, default=262144,
@@ -392,6 +399,7 @@ def _run_workers(options: ServerOptions, tools: ToolRegistry | None, argv: list[
         raise StartupError("--workers needs SO_REUSEPORT, which this platform lacks")
     sock = _bind_reuseport(options)  # fails here, in the parent, if the port is taken
     setup_multiprocess_metrics()  # /metrics adds up every worker's counters
+    setup_control_dir()  # the control API reaches a call whichever worker has it
     context = multiprocessing.get_context("spawn")
     children = []
     for index in range(1, options.workers):

@@ -1,7 +1,8 @@
 """HTTP side of the server: one ``asyncio.Protocol`` per TCP connection, parsed with h11.
 
 Routes: the Twilio webhook (``/incoming-call``, TwiML), ``/healthz``, ``/metrics``,
-``/calls/{CallSid}/record`` (only with ``BRIDGE_CONTROL_TOKEN``) and the
+``/calls`` and ``/calls/{CallSid}/...`` (only with ``BRIDGE_CONTROL_TOKEN``: the call records
+and server/control_api.py) and the
 ``/media-stream`` WebSocket upgrade, which this module performs by hand (header checks,
 signature, capacity, ``101`` with the accept token) before handing the socket, with any bytes
 that came behind the request, to the ``on_upgrade`` factory of its :class:`Site`. The protocol
@@ -14,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hmac
 import json
 import logging
 import re
@@ -26,7 +26,8 @@ from urllib.parse import parse_qsl
 import h11
 from wsproto.utilities import generate_accept_token
 
-from server import __version__, handoff, signature
+from server import __version__, control_auth, handoff, signature
+from server.control_api import ControlApi
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import Metrics
 from server.options import MEDIA_STREAM_PATH, WEBHOOK_PATH, ServerOptions
@@ -76,6 +77,7 @@ class Site(Protocol):
     tls: bool
     debug: bool
     records: RecordStore | None
+    control: ControlApi
 
     @property
     def calls(self) -> Collection[object]: ...
@@ -220,8 +222,8 @@ class HttpProtocol(asyncio.Protocol):
                     else:
                         self.close()
                     return
-                if self._closing:
-                    return
+                if self._closing or conn.our_state is h11.SEND_RESPONSE:
+                    return  # closed, or answered later (by a thread or a task)
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     self.close()
                     return
@@ -238,8 +240,8 @@ class HttpProtocol(asyncio.Protocol):
         public = self.server.options.public_url
         if public is not None and public.prefix and path.startswith(public.prefix + "/"):
             path = path[len(public.prefix) :]  # a proxy that keeps the public prefix
-        if path.startswith("/calls/") and self.server.options.control_token:
-            self._call_record(request, path)
+        if (path == "/calls" or path.startswith("/calls/")) and self.server.options.control_token:
+            self._calls(request, path)
             return
         methods = _ROUTES_METHODS.get(path)
         if methods is None:
@@ -271,18 +273,35 @@ class HttpProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ call records
 
-    def _call_record(self, request: h11.Request, path: str) -> None:
-        """``GET /calls/{CallSid}/record`` with ``Authorization: Bearer $BRIDGE_CONTROL_TOKEN``;
-        the record is read in a thread, so a slow database never stalls the calls."""
-        token = self.server.options.control_token or ""
-        scheme, _, given = (_header(request.headers, b"authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.encode()
-        ):
-            challenge = [(b"www-authenticate", b'Bearer realm="calls"')]
-            self._json(401, {"error": "a valid bearer token is required"}, challenge)
+    def _calls(self, request: h11.Request, path: str) -> None:
+        """The routes behind ``Authorization: Bearer $BRIDGE_CONTROL_TOKEN``: a call's record,
+        or the control API (server/control_api.py), answered when its coroutine is done."""
+        if not control_auth.authorized(request.headers, self.server.options.control_token):
+            self._json(401, control_auth.UNAUTHORIZED, [control_auth.CHALLENGE])
             return
-        sid = path[len("/calls/") : -len("/record")] if path.endswith("/record") else ""
+        if path.endswith("/record"):
+            self._call_record(request, path)
+            return
+        answer = self.loop.create_task(
+            self.server.control.handle(request.method, path, bytes(self._body))
+        )
+        answer.add_done_callback(self._control_answered)
+
+    def _control_answered(self, done: asyncio.Task[tuple[int, dict[str, Any]]]) -> None:
+        if self._closing or self.transport is None or self.transport.is_closing():
+            return
+        try:
+            status, body = done.result()
+        except Exception:
+            log.exception("control API request failed")
+            status, body = 500, {"error": "internal error"}
+        self._json(status, body)
+        self._next_request()
+
+    def _call_record(self, request: h11.Request, path: str) -> None:
+        """``GET /calls/{CallSid}/record``: the record is read in a thread, so a slow database
+        never stalls the calls."""
+        sid = path[len("/calls/") : -len("/record")]
         store = self.server.records
         if not sid or "/" in sid or store is None or request.method != b"GET":
             self._json(404, {"error": "not found"})
@@ -303,6 +322,10 @@ class HttpProtocol(asyncio.Protocol):
                 self._json(404, {"error": f"no record of call {sid}"})
             else:
                 self._json(200, record.to_json())
+        self._next_request()
+
+    def _next_request(self) -> None:
+        """After a response given later (a thread's or a task's): serve what came behind."""
         conn = self.h11
         if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
             self.close()
@@ -445,13 +468,7 @@ class HttpProtocol(asyncio.Protocol):
             record = None
         turns = [(t.role, t.text) for t in record.turns] if record is not None else []
         self._resume(request, values, name, status, handoff.bounded_history(turns))
-        conn = self.h11
-        if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-            self.close()
-        elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-            self._arm_request_timer()
-            self._process()
+        self._next_request()
 
     def _resume(
         self,

@@ -20,6 +20,7 @@ from server import handoff, signature
 from server.records import store as records_store
 from server.records.redact import Redactor, RedactorLoadError, keep, load_redactor
 from server.records.webhook import WebhookConfig
+from server.routing import Routing, RoutingError, load_routing
 from server.twilio_rest import TwilioCredentials
 from server.twiml import twiml_fallback
 
@@ -94,9 +95,11 @@ class ServerOptions:
     records: str | None = None
     records_retention_days: float | None = None
     control_token: str | None = field(default=None, repr=False)
+    control_timeout: float = 3.0
     twilio: TwilioCredentials | None = None
     fallback_twiml: str | None = None
     dial_timeout: int = 30
+    routing: Routing = field(default_factory=Routing)
 
     @property
     def handoff_key(self) -> str | None:
@@ -346,16 +349,25 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
     if args.workers > 1 and args.port == 0:
         raise StartupError("--workers needs a fixed --port (port 0 would differ per worker)")
 
-    settings = load_settings_file(args.config)
     notice = getattr(args, "recording_notice", None)
-    if notice:  # the greeting is the first thing the caller hears
-        agent = settings.setdefault("agent", {})
-        agent["greeting"] = f"{notice.strip()} {agent.get('greeting', '')}".strip()
+
+    def load_agent(path: str) -> dict[str, Any]:
+        settings = load_settings_file(path)
+        if notice:  # the greeting is the first thing the caller hears
+            agent = settings.setdefault("agent", {})
+            agent["greeting"] = f"{notice.strip()} {agent.get('greeting', '')}".strip()
+        return settings
+
+    settings = load_agent(args.config)
     try:
         twilio = TwilioCredentials.from_env(env)
     except ValueError as exc:
         raise StartupError(f"invalid Twilio REST credentials: {exc}") from None
     key = auth_token or (twilio.api_secret if twilio is not None else None)
+    try:
+        routing = load_routing(_pairs(getattr(args, "route", None), "--route"), key, load_agent)
+    except RoutingError as exc:
+        raise StartupError(str(exc)) from None
     control = _call_control(args, twilio, key)
     try:
         bridge = BridgeConfig(
@@ -376,6 +388,7 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
             dtmf_template=args.dtmf_template,
             json_loads=_json_loads(),
             admit=admit,
+            choose_settings=routing.choose,
             control=control,
         )
     except ConfigError as exc:
@@ -415,6 +428,7 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
         max_header_bytes=args.max_header_bytes,
         max_body_bytes=args.max_body_bytes,
         request_timeout=args.request_timeout,
+        control_timeout=args.control_timeout,
         max_write_buffer=args.max_write_buffer,
         max_agent_message_bytes=args.max_agent_message_bytes,
         shutdown_grace=args.shutdown_grace,
@@ -431,6 +445,7 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
         twilio=twilio,
         fallback_twiml=_fallback_twiml(args, dict(control.targets)),
         dial_timeout=args.dial_timeout,
+        routing=routing,
         webhook=webhook,
         record_audio=record_audio or None,
     )

@@ -12,6 +12,10 @@ returns a ``str`` or a JSON-serialisable ``dict``, directly or as an awaitable::
 
     TOOLS = {"lookup_hours": lookup_hours}
 
+A handler with a second positional parameter also gets the call, a
+:class:`server.call_handle.CallHandle` (``call_sid``, ``from_``, ``to``, ``say()``...): see
+docs/tools.md.
+
 Handlers run on the event loop, so blocking work belongs in ``asyncio.to_thread``. A handler
 that raises, times out, or returns something else is answered with an error JSON string; a
 call never crashes because of a tool.
@@ -30,7 +34,7 @@ from typing import Any, Union
 log = logging.getLogger("server.tools")
 
 ToolResult = Union[str, dict[str, Any]]  # noqa: UP007 - a runtime alias
-ToolHandler = Callable[[Mapping[str, Any]], Union[Awaitable[ToolResult], ToolResult]]  # noqa: UP007
+ToolHandler = Callable[..., Union[Awaitable[ToolResult], ToolResult]]  # noqa: UP007
 
 
 class ToolLoadError(Exception):
@@ -49,13 +53,16 @@ class ToolRegistry:
             registry.tools.update(load_module_tools(spec))
         return registry
 
-    async def run(self, name: str, arguments: Mapping[str, Any]) -> tuple[str, bool]:
-        """Run tool ``name``; return (content for FunctionCallResponse, succeeded)."""
+    async def run(
+        self, name: str, arguments: Mapping[str, Any], call: object = None
+    ) -> tuple[str, bool]:
+        """Run tool ``name`` (with ``call`` if it takes two arguments); return (content for
+        FunctionCallResponse, succeeded)."""
         handler = self.tools.get(name)
         if handler is None:
             return _error(f"unknown tool {name!r}"), False
         try:
-            result = handler(arguments)
+            result = handler(arguments, call) if takes_call(handler) else handler(arguments)
             if inspect.isawaitable(result):
                 result = await asyncio.wait_for(result, self.timeout)
         except asyncio.CancelledError:
@@ -76,6 +83,21 @@ class ToolRegistry:
                 return _error(f"tool {name!r} returned a result that is not JSON"), False
         log.warning("tool %s returned %s, not str or dict", name, type(result).__name__)
         return _error(f"tool {name!r} returned an unusable result"), False
+
+
+def takes_call(handler: ToolHandler) -> bool:
+    """Whether ``handler`` has room for a second positional argument, the call."""
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: the one-argument form
+        return False
+    positional = 0
+    for parameter in parameters:
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            return True
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return positional >= 2
 
 
 def _error(message: str) -> str:

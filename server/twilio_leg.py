@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from server.ws import WsPeer
 
@@ -30,6 +31,40 @@ class TwilioEvents(Protocol):
 
     def abort(self) -> None:
         """Drop the whole call at once (its handler failed on this leg's input)."""
+
+
+class TwilioStream(Protocol):
+    """The message side of a media stream, as the call drives it: :class:`~server.ws.WsPeer`
+    over a socket, or :class:`~server.asgi_leg.AsgiStream` over an ASGI server's WebSocket."""
+
+    out: list[Any]  # queued output, taken by the link's flush()
+    close_code: int | None  # the code the peer closed with
+    remote_closed: bool
+    error: tuple[int, str] | None  # we failed the stream (code, why)
+
+    @property
+    def done(self) -> bool: ...
+
+    def feed(self, data: bytes) -> list[str | bytes]: ...
+
+    def send_text(self, text: str) -> None: ...
+
+    def close(self, code: int, reason: str = "") -> None: ...
+
+
+class TwilioLink(Protocol):
+    """What carries a stream's output: :class:`TwilioLeg`, or the ASGI leg."""
+
+    def flush(self) -> int:
+        """Send what the stream queued; return the bytes still unsent (the write cap's count)."""
+        ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+StreamFactory = Callable[[TwilioEvents], tuple[TwilioStream, TwilioLink]]
 
 
 class TwilioLeg(asyncio.Protocol):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
 
+from peers import twilio_messages as messages
 from sansio import (
     Action,
     BridgeConfig,
@@ -24,7 +24,6 @@ CALL_SID = "CA" + "fedcba9876543210" * 2
 ACCOUNT_SID = "AC" + "00112233445566778899aabbccddeeff"
 #: Bound on the timers one advance_to may fire (a 20 ms chunk timer over ten minutes is 30000).
 MAX_TIMER_FIRINGS = 100_000
-MULAW_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
 
 
 def config(**overrides: Any) -> BridgeConfig:
@@ -32,7 +31,7 @@ def config(**overrides: Any) -> BridgeConfig:
 
 
 def twilio_connected() -> str:
-    return json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+    return messages.connected()
 
 
 def twilio_start(
@@ -40,67 +39,28 @@ def twilio_start(
     stream_sid: str = STREAM_SID,
     media_format: dict[str, Any] | None = None,
 ) -> str:
-    return json.dumps(
-        {
-            "event": "start",
-            "sequenceNumber": "1",
-            "start": {
-                "accountSid": ACCOUNT_SID,
-                "streamSid": stream_sid,
-                "callSid": CALL_SID,
-                "tracks": ["inbound"],
-                "mediaFormat": media_format or MULAW_FORMAT,
-                "customParameters": parameters if parameters is not None else {"From": "+15550001"},
-            },
-            "streamSid": stream_sid,
-        }
-    )
+    parameters = parameters if parameters is not None else {"From": "+15550001"}
+    return messages.start(stream_sid, CALL_SID, ACCOUNT_SID, parameters, media_format=media_format)
 
 
 def twilio_media(
     audio: bytes, seq: int = 2, track: str = "inbound", stream_sid: str = STREAM_SID
 ) -> str:
-    return json.dumps(
-        {
-            "event": "media",
-            "sequenceNumber": str(seq),
-            "media": {
-                "track": track,
-                "chunk": str(seq - 1),
-                "timestamp": str(20 * seq),
-                "payload": base64.b64encode(audio).decode(),
-            },
-            "streamSid": stream_sid,
-        }
+    return messages.media(
+        audio, stream_sid, sequence=seq, chunk=seq - 1, timestamp=20 * seq, track=track
     )
 
 
 def twilio_mark(name: str, stream_sid: str = STREAM_SID) -> str:
-    return json.dumps(
-        {"event": "mark", "sequenceNumber": "9", "streamSid": stream_sid, "mark": {"name": name}}
-    )
+    return messages.mark(name, stream_sid, sequence=9)
 
 
 def twilio_dtmf(digit: str) -> str:
-    return json.dumps(
-        {
-            "event": "dtmf",
-            "streamSid": STREAM_SID,
-            "sequenceNumber": "5",
-            "dtmf": {"track": "inbound_track", "digit": digit},
-        }
-    )
+    return messages.dtmf(digit, STREAM_SID, sequence=5)
 
 
 def twilio_stop(stream_sid: str = STREAM_SID) -> str:
-    return json.dumps(
-        {
-            "event": "stop",
-            "sequenceNumber": "99",
-            "stop": {"accountSid": ACCOUNT_SID, "callSid": CALL_SID},
-            "streamSid": stream_sid,
-        }
-    )
+    return messages.stop(stream_sid, CALL_SID, ACCOUNT_SID, sequence=99)
 
 
 def agent(kind: str, **fields: Any) -> str:

@@ -34,11 +34,19 @@ from tests.helpers import (
     STREAM_SID as STREAM_SID,
 )
 from tests.helpers import (
-    twilio_connected,
-    twilio_mark,
-    twilio_media,
-    twilio_start,
-    twilio_stop,
+    twilio_connected as twilio_connected,
+)
+from tests.helpers import (
+    twilio_mark as twilio_mark,
+)
+from tests.helpers import (
+    twilio_media as twilio_media,
+)
+from tests.helpers import (
+    twilio_start as twilio_start,
+)
+from tests.helpers import (
+    twilio_stop as twilio_stop,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,14 +122,6 @@ def fake_agent(*, apply_delay: float = 0.0, apply: bool = True) -> LocalAgent:
 # ---------------------------------------------------------------------- the caller
 
 
-# Twilio's messages, as the core's tests build them.
-connected = twilio_connected
-start = twilio_start
-media = twilio_media
-mark = twilio_mark
-stop = twilio_stop
-
-
 def frame(i: int) -> bytes:
     """160 distinct-ish bytes of 'audio' for frame ``i``."""
     return bytes((i * 7 + k) % 256 for k in range(160))
@@ -145,7 +145,7 @@ async def ready_call(
 ) -> tuple[ClientConnection, AgentSession]:
     """A caller that sent ``start``, and its agent leg once ``SettingsApplied`` went out."""
     ws = await caller(server, **kwargs)
-    await ws.send(start())
+    await ws.send(twilio_start())
     session = await agent.session()
     await until(lambda: session.applied_at is not None)
     return ws, session

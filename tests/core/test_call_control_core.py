@@ -14,6 +14,7 @@ from sansio import (
     ConfigError,
     EndReason,
     FallbackCall,
+    LocalProtocolError,
     SafetyRule,
     SendAgentText,
     TransferCall,
@@ -94,3 +95,24 @@ def test_a_keypad_hangup_ends_the_call_and_a_keypad_transfer_needs_no_agent() ->
 def test_call_control_settings_are_checked_once(changes: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         CallControl(**changes)  # type: ignore[arg-type]
+
+
+def test_a_driver_transfer_names_a_target_and_is_refused_outside_a_call() -> None:
+    control = CallControl(targets={"front_desk": "+15550001111"})
+    call = Call(config(control=control))
+    with pytest.raises(LocalProtocolError):
+        call.core.transfer("front_desk", "control API", call.now)  # no start yet
+    call.ready()
+    with pytest.raises(LocalProtocolError):
+        call.core.transfer("+15559999999", "control API", call.now)  # a number is no target
+    assert [a for a in call.drain() if isinstance(a, TransferCall)] == []
+    call.core.transfer("front_desk", "control API", call.now)
+    assert [a for a in call.drain() if isinstance(a, TransferCall)] == [
+        TransferCall("front_desk", "+15550001111", "control API")
+    ]
+    with pytest.raises(LocalProtocolError, match="already under way"):
+        call.core.transfer("front_desk", "control API", call.now)  # one redirect at a time
+    assert [a for a in call.drain() if isinstance(a, TransferCall)] == []
+    call.core.redirected(True, "", call.now)
+    with pytest.raises(LocalProtocolError):
+        call.core.transfer("front_desk", "control API", call.now)  # the call has ended

@@ -34,11 +34,11 @@ from tests.server_support import (
     fake_agent,
     frame,
     http,
-    media,
     run,
     running_server,
-    start,
-    stop,
+    twilio_media,
+    twilio_start,
+    twilio_stop,
     until,
 )
 
@@ -131,7 +131,7 @@ class Innocent:
 
     async def open(self) -> None:
         self.ws = await caller(self.server)
-        await self.ws.send(start(stream_sid="MZinnocent"))
+        await self.ws.send(twilio_start(stream_sid="MZinnocent"))
         await until(lambda: bool(self.agent.sessions), what="the innocent agent leg")
         self.session: AgentSession = self.agent.sessions[0]
         await until(lambda: self.session.applied_at is not None, what="SettingsApplied")
@@ -139,7 +139,7 @@ class Innocent:
     async def exchange(self, rounds: int = 5) -> None:
         for _ in range(rounds):
             audio = frame(self.seq)
-            await self.ws.send(media(audio, self.seq, stream_sid="MZinnocent"))
+            await self.ws.send(twilio_media(audio, self.seq, stream_sid="MZinnocent"))
             self.sent += audio
             self.seq += 1
             spoken = bytes([self.seq % 256]) * 160
@@ -189,7 +189,7 @@ Case = Callable[[Server, LocalAgent, AgentProxy], Awaitable[None]]
 
 async def _bad_call(server: Server, sid: str) -> Any:
     ws = await caller(server)
-    await ws.send(start(stream_sid=sid))
+    await ws.send(twilio_start(stream_sid=sid))
     return ws
 
 
@@ -241,7 +241,7 @@ def twilio_case(*messages: str | bytes, expect_close: bool = True) -> Case:
         else:
             await asyncio.sleep(0.3)
             assert ws.state.name == "OPEN"
-            await ws.send(stop(stream_sid="MZbad"))
+            await ws.send(twilio_stop(stream_sid="MZbad"))
         t0 = time.monotonic()
         await asyncio.wait_for(session.closed.wait(), 2)
         assert time.monotonic() - t0 < 2
@@ -263,7 +263,7 @@ async def _raw_call(
     reader, writer = await asyncio.open_connection(sock=sock)
     writer.write(upgrade_request("/media-stream"))
     await reader.readuntil(b"\r\n\r\n")
-    writer.write(client_frame(start(stream_sid="MZbad").encode()))
+    writer.write(client_frame(twilio_start(stream_sid="MZbad").encode()))
     return reader, writer, await _agent_session_of_new_call(agent, before)
 
 
@@ -296,9 +296,9 @@ async def _agent_unknown_type(server: Server, agent: LocalAgent, proxy: AgentPro
     ws = await _bad_call(server, "MZbad")
     session = await _agent_session_of_new_call(agent, before)
     await session.send({"type": "SomethingNewer", "detail": 1})
-    await ws.send(media(frame(9), 2, stream_sid="MZbad"))
+    await ws.send(twilio_media(frame(9), 2, stream_sid="MZbad"))
     await until(lambda: len(session.audio) == 160, what="audio after an unknown type")
-    await ws.send(stop(stream_sid="MZbad"))
+    await ws.send(twilio_stop(stream_sid="MZbad"))
     await asyncio.wait_for(session.closed.wait(), 2)
 
 
@@ -312,7 +312,7 @@ async def _agent_stops_reading(server: Server, agent: LocalAgent, proxy: AgentPr
         if ws.state.name != "OPEN":
             break
         with contextlib.suppress(ConnectionClosed):
-            await ws.send(media(b"\x44" * 8000, seq, stream_sid="MZbad"))
+            await ws.send(twilio_media(b"\x44" * 8000, seq, stream_sid="MZbad"))
         await asyncio.sleep(0)
     await closed_within(ws, 5)
     session.ws.transport.resume_reading()
@@ -343,7 +343,7 @@ async def _stop_without_start(server: Server, agent: LocalAgent, proxy: AgentPro
     no_start = await metric(server, 'calls_rejected_total{reason="no_start"}')
     before = len(agent.sessions)
     ws = await caller(server)
-    await ws.send(stop(stream_sid="MZbad"))
+    await ws.send(twilio_stop(stream_sid="MZbad"))
     await closed_within(ws, 2)
     assert len(agent.sessions) == before, "no agent leg for a call that never started"
     await until(lambda: len(server.calls) == 1, what="the stream gone")
@@ -354,13 +354,13 @@ async def _stop_without_start(server: Server, agent: LocalAgent, proxy: AgentPro
 async def _media_before_start(server: Server, agent: LocalAgent, proxy: AgentProxy) -> None:
     before = len(agent.sessions)
     ws = await caller(server)
-    await ws.send(media(frame(1), 2, stream_sid="MZbad"))
-    await ws.send(start(stream_sid="MZbad"))
+    await ws.send(twilio_media(frame(1), 2, stream_sid="MZbad"))
+    await ws.send(twilio_start(stream_sid="MZbad"))
     session = await _agent_session_of_new_call(agent, before)
-    await ws.send(media(frame(2), 3, stream_sid="MZbad"))
+    await ws.send(twilio_media(frame(2), 3, stream_sid="MZbad"))
     await until(lambda: len(session.audio) >= 160, what="audio after start")
     assert bytes(session.audio) == frame(2), "media before start is dropped, the rest is bridged"
-    await ws.send(stop(stream_sid="MZbad"))
+    await ws.send(twilio_stop(stream_sid="MZbad"))
     await asyncio.wait_for(session.closed.wait(), 2)
 
 
@@ -369,7 +369,7 @@ async def _fragmented_stop(server: Server, agent: LocalAgent, proxy: AgentProxy)
     before = len(agent.sessions)
     ws = await _bad_call(server, "MZbad")
     session = await _agent_session_of_new_call(agent, before)
-    text = stop(stream_sid="MZbad")
+    text = twilio_stop(stream_sid="MZbad")
     await ws.send(iter([text[:5], text[5:20], text[20:]]))
     await closed_within(ws, 2)
     await asyncio.wait_for(session.closed.wait(), 2)
@@ -381,7 +381,7 @@ async def _ping_flood(server: Server, agent: LocalAgent, proxy: AgentProxy) -> N
     session = await _agent_session_of_new_call(agent, before)
     pongs = [await ws.ping(str(i).encode()) for i in range(300)]
     await asyncio.wait_for(asyncio.gather(*pongs), 5)
-    await ws.send(stop(stream_sid="MZbad"))
+    await ws.send(twilio_stop(stream_sid="MZbad"))
     await asyncio.wait_for(session.closed.wait(), 2)
 
 
@@ -406,7 +406,7 @@ async def _ping_flood_never_reading_the_pongs(
 async def _upgrade_one_byte_at_a_time(server: Server, agent: LocalAgent, proxy: AgentProxy) -> None:
     before = len(agent.sessions)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    payload = start(stream_sid="MZbad").encode()
+    payload = twilio_start(stream_sid="MZbad").encode()
     raw = upgrade_request("/media-stream") + client_frame(payload, mask=b"\x01\x02\x03\x04")
     for i in range(len(raw)):
         writer.write(raw[i : i + 1])
@@ -573,7 +573,7 @@ def test_fault_is_contained(name: str, caplog: pytest.LogCaptureFixture) -> None
                 texts = (log_text,) if isinstance(log_text, str) else log_text
                 messages = [r.getMessage() for r in caplog.records]
                 assert any(t in m for m in messages for t in texts), texts
-            await innocent.ws.send(stop(stream_sid="MZinnocent"))
+            await innocent.ws.send(twilio_stop(stream_sid="MZinnocent"))
             await asyncio.wait_for(innocent.session.closed.wait(), 2)
 
     run(body(), timeout=40)
@@ -624,7 +624,7 @@ def test_agent_leg_that_ignores_the_close_is_gone_within_2s_of_the_caller() -> N
     async def body() -> None:
         async with DeafAgent() as agent, running_server("--agent-url", agent.url) as server:
             ws = await caller(server)
-            await ws.send(start(stream_sid="MZdeaf"))
+            await ws.send(twilio_start(stream_sid="MZdeaf"))
             await asyncio.wait_for(agent.connected.wait(), 3)
             await asyncio.sleep(0.2)  # the Settings are applied; the call is up
             t0 = time.monotonic()
@@ -653,7 +653,7 @@ def test_agent_leg_closes_with_a_handshake_within_ms_of_the_caller_leaving(how: 
                 session = await _agent_session_of_new_call(agent, before)
                 t0 = time.monotonic()
                 if how == "stop":
-                    await ws.send(stop(stream_sid="MZbye"))
+                    await ws.send(twilio_stop(stream_sid="MZbye"))
                 elif how == "close frame":
                     await ws.close()
                 else:
@@ -687,7 +687,8 @@ class Flooder:
     def upgrade(self) -> None:
         """Open the stream and start the call (before the flood, so the call exists)."""
         self.sock.sendall(
-            upgrade_request("/media-stream") + client_frame(start(stream_sid="MZflood").encode())
+            upgrade_request("/media-stream")
+            + client_frame(twilio_start(stream_sid="MZflood").encode())
         )
 
     def start(self) -> None:
@@ -767,7 +768,7 @@ async def flood_next_to_an_innocent_call(seconds: float = 4.0) -> tuple[float, f
                 delay = t0 + i * 0.02 - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                await innocent.ws.send(media(frame(i), 100 + i, stream_sid="MZinnocent"))
+                await innocent.ws.send(twilio_media(frame(i), 100 + i, stream_sid="MZinnocent"))
             await until(lambda: len(arrivals) >= frames, 10, "every innocent frame")
             in_flight = 0.0 if asked[0] is None else time.monotonic() - asked[0]
             assert not server.metrics.calls_ended, f"a call ended: {server.metrics.calls_ended}"
@@ -776,7 +777,7 @@ async def flood_next_to_an_innocent_call(seconds: float = 4.0) -> tuple[float, f
             flooder.stop()
         lateness = max(at - (t0 + i * 0.02) for i, at in enumerate(arrivals[:frames]))
         healthz.append(in_flight)  # a probe still unanswered counts for as long as it waited
-        await innocent.ws.send(stop(stream_sid="MZinnocent"))
+        await innocent.ws.send(twilio_stop(stream_sid="MZinnocent"))
         return lateness, max(healthz), flooder.sent
 
 

@@ -27,11 +27,11 @@ from tests.server_support import (
     fake_agent,
     frame,
     http,
-    media,
     run,
     running_server,
-    start,
-    stop,
+    twilio_media,
+    twilio_start,
+    twilio_stop,
     until,
 )
 
@@ -88,15 +88,15 @@ async def one_call(server: Server, sessions: Sessions, index: int, fault: str) -
     sid = f"MZsoak{index}"
     ws = await caller(server)
     try:
-        await ws.send(start(parameters={"From": sid}, stream_sid=sid))
+        await ws.send(twilio_start(parameters={"From": sid}, stream_sid=sid))
         await until(lambda: sessions.find(sid) is not None, 5, f"the agent leg of {sid}")
         session = sessions.find(sid)
         assert session is not None
         await until(lambda: session.applied_at is not None, 5)
         for seq in range(2, 5):
-            await ws.send(media(frame(seq), seq, stream_sid=sid))
+            await ws.send(twilio_media(frame(seq), seq, stream_sid=sid))
         if fault == "hangup":
-            await ws.send(stop(stream_sid=sid))
+            await ws.send(twilio_stop(stream_sid=sid))
         elif fault == "vanish":
             await ws.close()
         elif fault == "reset":

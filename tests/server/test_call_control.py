@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -35,12 +36,12 @@ from tests.server_support import (
     caller,
     fake_agent,
     http,
-    mark,
     post_form,
     recv_until,
     running_server,
-    start,
-    stop,
+    twilio_mark,
+    twilio_start,
+    twilio_stop,
     until,
 )
 from tests.server_support import run as run_async
@@ -91,11 +92,11 @@ class Rig:
         async def stop_stream() -> None:  # what Twilio does when the call is updated
             self.stopped_open.append(ws.state is State.OPEN)
             with contextlib.suppress(Exception):
-                await ws.send(stop())
+                await ws.send(twilio_stop())
                 await ws.close()
 
         self.peer.register(CALL_SID, stop_stream)
-        await ws.send(start(parameters))
+        await ws.send(twilio_start(parameters))
         index = len(self.agent.sessions)
         session = await self.agent.session(index)
         await until(lambda: session.applied_at is not None)
@@ -108,6 +109,7 @@ async def rig(
     *flags: str,
     dial_outcome: str = "answered",
     connector: Any = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Rig]:
     port = free_port()
     async with (
@@ -119,7 +121,8 @@ async def rig(
             stream_connector=connector,
         ) as peer,
     ):
-        env = {"TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_API_URL": peer.url}  # no account SID: start's
+        # No account SID: start's.
+        env = {"TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_API_URL": peer.url, **(env or {})}
         async with running_server(
             "--port",
             str(port),
@@ -171,7 +174,7 @@ def test_transfer_updates_the_call_only_after_the_announcement_mark_is_echoed() 
             last = await announce(session, ws)
             await asyncio.sleep(0.5)  # AgentAudioDone went through; the caller has not heard it
             assert r.updates() == []
-            await ws.send(mark(last["mark"]["name"]))
+            await ws.send(twilio_mark(last["mark"]["name"]))
             await until(lambda: bool(r.updates()), 3, "the call update")
             update = r.updates()[0]
             assert update.authenticated and update.username == ACCOUNT_SID  # start's accountSid
@@ -197,7 +200,7 @@ def test_an_unknown_target_or_a_number_places_no_call_update(target: object) -> 
             answer = await ask_transfer(session, target)
             assert "unknown transfer target" in json.loads(answer["content"])["error"]
             last = await announce(session, ws)
-            await ws.send(mark(last["mark"]["name"]))
+            await ws.send(twilio_mark(last["mark"]["name"]))
             await asyncio.sleep(0.5)
             assert r.updates() == [] and ws.state is State.OPEN  # the call goes on
             assert r.server.metrics.calls_ended == {}
@@ -214,7 +217,7 @@ def test_a_barge_in_before_the_update_cancels_the_transfer_and_tells_the_agent()
             await session.send(agent_message("UserStartedSpeaking"))
             await until(lambda: bool(texts_of(session, "UpdatePrompt")), 2, "the system note")
             assert "cancelled" in texts_of(session, "UpdatePrompt")[0]["prompt"]
-            await ws.send(mark(last["mark"]["name"]))
+            await ws.send(twilio_mark(last["mark"]["name"]))
             await asyncio.sleep(0.5)
             assert r.updates() == []
 
@@ -246,7 +249,7 @@ def test_an_emergency_phrase_says_the_fixed_message_then_dials_the_on_call_targe
             assert "on-call doctor" in injected["message"] and injected["behavior"] == "interrupt"
             assert r.updates() == []  # not before the caller heard the message
             last = await announce(session, ws)
-            await ws.send(mark(last["mark"]["name"]))
+            await ws.send(twilio_mark(last["mark"]["name"]))
             await until(lambda: bool(r.updates()), 3, "the safety transfer")
             assert f">{ON_CALL}</Dial>" in (r.updates()[0].field("Twiml") or "")
 
@@ -284,11 +287,11 @@ def test_a_silent_caller_is_reprompted_then_hung_up() -> None:
             await until(lambda: len(texts_of(session, "InjectAgentMessage")) >= 1, 2)
             assert texts_of(session, "InjectAgentMessage")[0]["message"] == "Are you still there?"
             # The agent speaks the reprompt: its turn ends the injection in flight.
-            await ws.send(mark((await announce(session, ws))["mark"]["name"]))
+            await ws.send(twilio_mark((await announce(session, ws))["mark"]["name"]))
             await until(lambda: len(texts_of(session, "InjectAgentMessage")) >= 2, 2)
             assert "Goodbye" in texts_of(session, "InjectAgentMessage")[1]["message"]
             last = await announce(session, ws)
-            await ws.send(mark(last["mark"]["name"]))
+            await ws.send(twilio_mark(last["mark"]["name"]))
             await until(lambda: r.server.metrics.calls_ended.get("silence") == 1, 3)
             await until(lambda: ws.state is State.CLOSED, 3)
 
@@ -331,7 +334,7 @@ def test_a_transfer_with_no_answer_resumes_the_call_with_its_history() -> None:
             await session.send(said)
             await ask_transfer(session, "front_desk")
             last = await announce(session, ws)
-            await ws.send(mark(last["mark"]["name"]))
+            await ws.send(twilio_mark(last["mark"]["name"]))
             await until(lambda: bool(streams), 5, "the resumed stream")
             url, parameters = streams[0]
             assert url == f"wss://127.0.0.1:{r.port}/media-stream"
@@ -352,6 +355,83 @@ def test_a_transfer_with_no_answer_resumes_the_call_with_its_history() -> None:
             assert "context" not in texts_of(plain, "Settings")[0]["agent"]
 
     run(main())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def records(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    """A records store the dial action reads the turns from (SQLite, or TEST_POSTGRES_URL)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "calls.db")
+        return
+    url = os.environ.get("TEST_POSTGRES_URL", "")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("TEST_POSTGRES_URL is not set under CI=true: run .ci/postgres.sh")
+        pytest.skip("TEST_POSTGRES_URL is not set (run .ci/postgres.sh)")
+    import psycopg
+
+    def reset() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            for table in ("turns", "events", "calls", "outbox", "schema_version"):
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+
+    reset()
+    yield url
+    reset()
+
+
+def test_a_resumed_call_reads_its_turns_from_the_records_and_keeps_one_record(
+    records: str,
+) -> None:
+    """With a records store the action URL carries no history: the dial action reads the
+    turns from the store; the resumed stream appends to the same record, which tells the
+    whole call (first part, transfer attempt, resumed part)."""
+    streams: list[dict[str, str]] = []
+
+    async def connector(call: SimCall, url: str, parameters: Any) -> None:
+        streams.append(dict(parameters))
+
+    async def main() -> None:
+        async with rig("--records", records, dial_outcome="no-answer", connector=connector) as r:
+            store = r.server.records
+            assert store is not None
+            ws, session = await r.call()
+            await session.send(agent_message("ConversationText", role="user", content="Desk."))
+            await ask_transfer(session, "front_desk")
+            last = await announce(session, ws)
+            await ws.send(twilio_mark(last["mark"]["name"]))
+            await until(lambda: bool(r.updates()), 3, "the call update")
+            assert "ctx=&" in (r.updates()[0].field("Twiml") or "")  # no history in the URL
+            await until(lambda: bool(streams), 5, "the resumed stream")
+            await until(lambda: ws.state is State.CLOSED, 3)
+            ws2, resumed = await r.call(streams[0])
+            history = texts_of(resumed, "Settings")[0]["agent"]["context"]["messages"]
+            assert {"type": "History", "role": "user", "content": "Desk."} in history
+            await resumed.send(agent_message("ConversationText", role="user", content="Later."))
+            await asyncio.sleep(0.2)
+            await ws2.send(twilio_stop())
+            await ws2.close()
+
+            def whole() -> Any:
+                record = store.load(CALL_SID)
+                return record if record is not None and record.end_reason else None
+
+            loop = asyncio.get_running_loop()
+            record = None
+            for _ in range(50):
+                record = await loop.run_in_executor(None, whole)
+                if record is not None and any(t.text == "Later." for t in record.turns):
+                    break
+                await asyncio.sleep(0.1)
+            assert record is not None
+            said = [(t.seq, t.text) for t in record.turns if t.role == "user"]
+            assert [text for _, text in said] == ["Desk.", "Later."]
+            assert len({t.seq for t in record.turns}) == len(record.turns)
+            names = [e.name for e in record.events]
+            assert "resumed" in names and names.index("resumed") > names.index("transfer_call")
+            assert record.end_reason == "hangup" and record.ended_at is not None
+
+    run(main(), 30)
 
 
 # ---------------------------------------------------------------------- stream status

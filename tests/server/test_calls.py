@@ -24,19 +24,19 @@ from tests.server_support import (
     STREAM_SID,
     caller,
     closed_within,
-    connected,
     fake_agent,
     frame,
-    mark,
-    media,
     options,
     ready_call,
     recv_json,
     recv_until,
     run,
     running_server,
-    start,
-    stop,
+    twilio_connected,
+    twilio_mark,
+    twilio_media,
+    twilio_start,
+    twilio_stop,
     until,
 )
 
@@ -46,11 +46,11 @@ def test_full_call(loop: str) -> None:
     async def body() -> None:
         async with fake_agent(apply_delay=0.15) as agent, running_server(agent=agent) as server:
             ws = await caller(server)
-            await ws.send(connected())
-            await ws.send(start({"From": "+15550001", "To": "+15550002"}))
+            await ws.send(twilio_connected())
+            await ws.send(twilio_start({"From": "+15550001", "To": "+15550002"}))
             sent = bytearray()
             for i in range(40):  # some before SettingsApplied, some after
-                await ws.send(media(frame(i), i + 2))
+                await ws.send(twilio_media(frame(i), i + 2))
                 sent += frame(i)
                 await asyncio.sleep(0.005)
             session = await agent.session()
@@ -84,7 +84,7 @@ def test_full_call(loop: str) -> None:
             await session.send({"type": "AgentAudioDone"})
             marked, _ = await recv_until(ws, "mark")
             assert set(marked) == {"event", "streamSid", "mark"}
-            await ws.send(mark(marked["mark"]["name"]))
+            await ws.send(twilio_mark(marked["mark"]["name"]))
 
             # barge-in: UserStartedSpeaking becomes clear within 50 ms
             await session.send(b"\x07" * 800)
@@ -98,7 +98,7 @@ def test_full_call(loop: str) -> None:
             await session.send({"type": "ConversationText", "role": "user", "content": "hi"})
             await asyncio.sleep(0.02)
             t0 = time.monotonic()
-            await ws.send(stop())
+            await ws.send(twilio_stop())
             await asyncio.wait_for(session.closed.wait(), 1.0)
             assert time.monotonic() - t0 < 1.0
             await closed_within(ws, 1.5)
@@ -140,11 +140,11 @@ def test_no_audio_reaches_the_agent_before_settings_applied(
         ):
             ws = await caller(server)
             for i in range(early):  # media before start is dropped, never forwarded
-                await ws.send(media(frame(100 + i), i + 2))
-            await ws.send(start())
+                await ws.send(twilio_media(frame(100 + i), i + 2))
+            await ws.send(twilio_start())
             sent = bytearray()
             for i in range(frames):
-                await ws.send(media(frame(i), early + i + 2))
+                await ws.send(twilio_media(frame(i), early + i + 2))
                 sent += frame(i)
                 await asyncio.sleep(gap_ms / 1000)
             session = await agent.session()
@@ -152,7 +152,7 @@ def test_no_audio_reaches_the_agent_before_settings_applied(
             assert session.applied_at is not None
             assert session.audio_before_settings_applied == 0, "audio reached the agent too early"
             assert bytes(session.audio) == bytes(sent)
-            await ws.send(stop())
+            await ws.send(twilio_stop())
             await closed_within(ws, 2)
 
     run(body(), timeout=15)
@@ -178,14 +178,14 @@ def test_added_latency_p99_is_small() -> None:
             t_next = time.monotonic()
             for i in range(100):  # 2 s of real-time audio
                 sent_at.append(time.monotonic())
-                await ws.send(media(frame(i), i + 2))
+                await ws.send(twilio_media(frame(i), i + 2))
                 t_next += 0.02
                 await asyncio.sleep(max(0.0, t_next - time.monotonic()))
             await until(lambda: len(arrivals) >= 100)
             delays = sorted(a - s for a, s in zip(arrivals, sent_at, strict=True))
             assert delays[98] <= 0.06, delays[-5:]
             assert server.metrics.added_latency.quantile(0.99) <= 0.06
-            await ws.send(stop())
+            await ws.send(twilio_stop())
             await closed_within(ws, 2)
 
     run(body())
@@ -200,7 +200,7 @@ def test_transcript_and_call_lines_are_logged(caplog: pytest.LogCaptureFixture) 
             ws, session = await ready_call(server, agent)
             await session.send({"type": "ConversationText", "role": "assistant", "content": "Hi!"})
             await asyncio.sleep(0.05)
-            await ws.send(stop())
+            await ws.send(twilio_stop())
             await closed_within(ws, 1.5)
             await until(lambda: not server.calls)
 
@@ -239,9 +239,9 @@ def test_agent_unreachable_ends_call_cleanly() -> None:
         url = f"ws://127.0.0.1:{port}/v1/agent/converse"
         async with running_server("--agent-url", url) as server:
             ws = await caller(server)
-            await ws.send(connected())
-            await ws.send(start())
-            await ws.send(media(frame(1), 2))
+            await ws.send(twilio_connected())
+            await ws.send(twilio_start())
+            await ws.send(twilio_media(frame(1), 2))
             assert await closed_within(ws, 3) < 3
             assert ws.close_code == 1000
             await until(lambda: not server.calls)
@@ -257,7 +257,7 @@ def test_agent_that_never_applies_settings_times_out() -> None:
             running_server("--settings-timeout", "0.3", agent=agent) as server,
         ):
             ws = await caller(server)
-            await ws.send(start())
+            await ws.send(twilio_start())
             assert await closed_within(ws, 2) < 2
             await until(lambda: not server.calls)
             assert server.metrics.calls_ended == {"timeout": 1}
@@ -286,7 +286,7 @@ def test_bad_input_leaves_concurrent_call_untouched(loop: str) -> None:
     async def body() -> None:
         async with fake_agent() as agent, running_server(agent=agent) as server:
             good = await caller(server)
-            await good.send(start())
+            await good.send(twilio_start())
             good_session = await agent.session(0)
             await until(lambda: good_session.applied_at is not None)
             sent = bytearray()
@@ -294,7 +294,7 @@ def test_bad_input_leaves_concurrent_call_untouched(loop: str) -> None:
 
             async def exchange() -> None:
                 nonlocal seq
-                await good.send(media(frame(seq), seq))
+                await good.send(twilio_media(frame(seq), seq))
                 sent.extend(frame(seq))
                 seq += 1
                 await good_session.send(b"\x05" * 160)
@@ -304,7 +304,7 @@ def test_bad_input_leaves_concurrent_call_untouched(loop: str) -> None:
 
             # 1. not JSON -> 1007
             bad = await caller(server)
-            await bad.send(start(stream_sid="MZbad1"))
+            await bad.send(twilio_start(stream_sid="MZbad1"))
             await bad.send("this is not json")
             assert await closed_within(bad, 2) < 2 and bad.close_code == 1007
             await exchange()
@@ -317,19 +317,19 @@ def test_bad_input_leaves_concurrent_call_untouched(loop: str) -> None:
 
             # 3. broken media is ignored; the call goes on
             bad = await caller(server)
-            await bad.send(start(stream_sid="MZbad3"))
+            await bad.send(twilio_start(stream_sid="MZbad3"))
             await bad.send(json.dumps({"event": "media", "media": {"payload": "%%%not base64"}}))
             await bad.send(json.dumps({"event": "media", "media": "nope"}))
             await bad.send(json.dumps({"event": "media"}))
             await bad.send(json.dumps({"event": "bogus"}))
             await exchange()
             assert bad.state.name == "OPEN"
-            await bad.send(stop(stream_sid="MZbad3"))
+            await bad.send(twilio_stop(stream_sid="MZbad3"))
             await closed_within(bad, 2)
 
             # 4. a 10 MB frame -> 1009, refused early
             bad = await caller(server, max_size=None)
-            await bad.send(start(stream_sid="MZbad4"))
+            await bad.send(twilio_start(stream_sid="MZbad4"))
             t0 = time.monotonic()
             big = "x" * (10 * 1024 * 1024)
             send_task = asyncio.ensure_future(bad.send(big))
@@ -342,7 +342,7 @@ def test_bad_input_leaves_concurrent_call_untouched(loop: str) -> None:
             # the good call kept every byte, in order
             await until(lambda: len(good_session.audio) >= len(sent))
             assert bytes(good_session.audio) == bytes(sent)
-            await good.send(stop())
+            await good.send(twilio_stop())
             await closed_within(good, 2)
             await until(lambda: not server.calls, what="all calls removed")
             assert agent.open_connections == 0
@@ -365,7 +365,8 @@ def test_bytes_behind_the_upgrade_request_are_not_lost() -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             request = upgrade_request("/media-stream")
             # the upgrade request and two frames in one TCP write
-            writer.write(request + _masked_text_frame(connected()) + _masked_text_frame(start()))
+            frames = _masked_text_frame(twilio_connected()) + _masked_text_frame(twilio_start())
+            writer.write(request + frames)
             await writer.drain()
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
             assert head.startswith(b"HTTP/1.1 101 ")
@@ -400,7 +401,7 @@ def test_fragmented_message_is_reassembled() -> None:
     async def body() -> None:
         async with fake_agent() as agent, running_server(agent=agent) as server:
             ws = await caller(server)
-            text = start()
+            text = twilio_start()
             await ws.send([text[:10], text[10:50], text[50:]])  # three fragments
             session = await agent.session()
             await until(lambda: bool(session.order))
@@ -447,7 +448,7 @@ def test_client_side_tools() -> None:
             assert "unknown tool" in json.loads(answers["f2"]["content"])["error"]
             assert "failed" in json.loads(answers["f3"]["content"])["error"]
             assert server.metrics.tool_calls == 3 and server.metrics.tool_errors == 2
-            await ws.send(stop())
+            await ws.send(twilio_stop())
             await closed_within(ws, 2)
 
     run(body())
@@ -480,7 +481,7 @@ def test_end_call_tool_hangs_up_once_the_goodbye_has_played() -> None:
             await asyncio.sleep(0.5)  # the caller is still playing the goodbye
             assert ws.state.name == "OPEN", "hung up before the goodbye's mark came back"
             assert not server.metrics.calls_ended
-            await ws.send(mark(marked["mark"]["name"]))
+            await ws.send(twilio_mark(marked["mark"]["name"]))
             assert await closed_within(ws, 2) < 1.0, "the echo of the last mark hangs up"
             assert ws.close_code == 1000 and "goodbye played" in (ws.close_reason or "")
             await until(lambda: not server.calls)
@@ -494,11 +495,11 @@ def test_many_sequential_calls_leave_nothing_behind() -> None:
         async with fake_agent() as agent, running_server(agent=agent) as server:
             for n in range(20):
                 ws = await caller(server)
-                await ws.send(start())
+                await ws.send(twilio_start())
                 session = await agent.session(n)
                 await until(lambda s=session: s.applied_at is not None)  # type: ignore[misc]
-                await ws.send(media(frame(n), 2))
-                await ws.send(stop())
+                await ws.send(twilio_media(frame(n), 2))
+                await ws.send(twilio_stop())
                 await closed_within(ws, 2)
                 await asyncio.wait_for(session.closed.wait(), 2)
             await until(lambda: not server.calls and len(server.connections) == 0)
@@ -612,7 +613,7 @@ def test_agent_not_reading_ends_its_call_within_the_write_cap(
             for _ in range(3000):  # up to 24 MB of audio
                 if server.metrics.calls_ended:
                     break
-                await ws.send(media(b"\x44" * 8000, seq))
+                await ws.send(twilio_media(b"\x44" * 8000, seq))
                 seq += 1
                 await asyncio.sleep(0)
             await until(lambda: bool(server.metrics.calls_ended), timeout=10)

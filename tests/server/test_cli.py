@@ -20,12 +20,12 @@ from tests.server_support import (
     CONFIG,
     ROOT,
     caller,
-    connected,
     fake_agent,
     frame,
-    media,
     run,
-    start,
+    twilio_connected,
+    twilio_media,
+    twilio_start,
     until,
 )
 
@@ -200,11 +200,11 @@ def test_serves_and_exits_0_on_sigterm(tmp_path: Path) -> None:
                 srv = Srv()
                 srv.port = port  # type: ignore[attr-defined]
                 ws = await caller(srv)  # type: ignore[arg-type]
-                await ws.send(connected())
-                await ws.send(start())
+                await ws.send(twilio_connected())
+                await ws.send(twilio_start())
                 session = await agent.session()
                 await until(lambda: session.applied_at is not None)
-                await ws.send(media(frame(1), 2))
+                await ws.send(twilio_media(frame(1), 2))
                 await until(lambda: len(session.audio) == 160)
                 assert session.headers["Authorization"] == "Token test-secret-key"
                 proc.send_signal(signal.SIGTERM)

@@ -16,7 +16,7 @@ from tests.server_support import (
     post_form,
     run,
     running_server,
-    start,
+    twilio_start,
     until,
 )
 
@@ -217,7 +217,7 @@ def test_max_calls_busy_twiml_and_503() -> None:
     async def body() -> None:
         async with fake_agent() as agent, running_server("--max-calls", "1", agent=agent) as server:
             ws = await caller(server)
-            await ws.send(start())
+            await ws.send(twilio_start())
             await until(lambda: len(server.calls) == 1)
             result = await http(server.port, post_form("/incoming-call", "From=1"))
             root = _twiml(result.text)

@@ -24,6 +24,7 @@ LEAVES = {
     "server.options",
     "server.handoff",  # the signed action URL and resume parameters of a transfer
     "server.twilio_rest",
+    "server.routing",  # --route: the agent chosen by the called number
 }
 #: A package of leaves: its modules import each other, and nothing else of the server.
 LEAF_PACKAGES = ("server.records",)
@@ -35,6 +36,7 @@ LEAF_EDGES = {
     ("server.options", "server.handoff"),  # the resume hook of the core
     ("server.options", "server.twilio_rest"),  # the REST credentials, read once
     ("server.options", "server.records.webhook"),  # --webhook-url's bounds
+    ("server.options", "server.routing"),  # --route files, loaded at startup
 }
 
 

@@ -30,14 +30,14 @@ from tests.server_support import (
     closed_within,
     fake_agent,
     frame,
-    media,
     post_form,
     ready_call,
     recv_until,
     run,
     running_server,
-    start,
-    stop,
+    twilio_media,
+    twilio_start,
+    twilio_stop,
     until,
 )
 
@@ -86,13 +86,13 @@ def test_a_call_in_progress_finishes_during_the_grace_while_new_ones_are_refused
             assert server.metrics.calls_rejected == {"draining": 1}
 
             # The call in progress still bridges both ways during the grace ...
-            await ws.send(media(frame(1), 2))
+            await ws.send(twilio_media(frame(1), 2))
             await until(lambda: len(session.audio) == 160, what="caller audio during the grace")
             await session.send(b"\x22" * 480)
             reply, _ = await recv_until(ws, "media")
             assert reply["media"]["payload"]
             # ... and ends by itself, long before the grace runs out.
-            await ws.send(stop())
+            await ws.send(twilio_stop())
             assert await closed_within(ws, 3) < 3
             assert ws.close_code == 1000 and "shutdown" not in (ws.close_reason or "")
             await asyncio.wait_for(shutdown, 5)
@@ -110,7 +110,7 @@ def test_a_call_still_running_when_the_grace_runs_out_is_ended_with_shutdown() -
             ws, session = await ready_call(server, agent)
             t0 = time.monotonic()
             shutdown = asyncio.create_task(server.shutdown(grace=grace))
-            await ws.send(media(frame(1), 2))
+            await ws.send(twilio_media(frame(1), 2))
             await until(lambda: len(session.audio) == 160, what="caller audio during the grace")
             took = await closed_within(ws, grace + 3)
             assert time.monotonic() - t0 >= grace, f"ended after {took:.2f} s, before the grace"
@@ -179,18 +179,18 @@ def test_two_workers_serve_calls_and_sigterm_to_the_parent_drains_both() -> None
                 socks = []
                 for i in range(calls):
                     ws = await connect(url, compression=None, open_timeout=3, close_timeout=2)
-                    await ws.send(start(stream_sid=_stream_sid(i)))
+                    await ws.send(twilio_start(stream_sid=_stream_sid(i)))
                     socks.append(ws)
                 await until(lambda: len(agent.sessions) == calls, 5, "every agent leg")
                 await until(lambda: all(s.applied_at for s in agent.sessions), 5, "applied")
                 for i, ws in enumerate(socks):
-                    await ws.send(media(frame(i), 2, stream_sid=_stream_sid(i)))
+                    await ws.send(twilio_media(frame(i), 2, stream_sid=_stream_sid(i)))
                 await until(lambda: all(len(s.audio) == 160 for s in agent.sessions), 5, "audio")
 
                 proc.send_signal(signal.SIGTERM)
                 await until(lambda: sum("signal received" in x for x in lines) == 2, 5, "SIGTERM")
                 for i, ws in enumerate(socks[: calls // 2]):  # these finish during the grace
-                    await ws.send(stop(stream_sid=_stream_sid(i)))
+                    await ws.send(twilio_stop(stream_sid=_stream_sid(i)))
                 closes = await asyncio.gather(*(closed_within(ws, grace + 5) for ws in socks))
                 assert all(took < grace + 5 for took in closes)
                 assert await asyncio.wait_for(proc.wait(), 15) == 0
@@ -252,7 +252,7 @@ def test_a_tool_that_times_out_is_answered_with_an_error_and_the_call_goes_on() 
             assert cancelled.is_set(), "the timed-out handler was left running"
             assert server.metrics.tool_errors == 1
             # The call goes on: audio still flows, and the next tool is answered.
-            await ws.send(media(frame(1), 2))
+            await ws.send(twilio_media(frame(1), 2))
             await until(lambda: len(session.audio) == 160, what="caller audio after the timeout")
             await session.send(
                 {"type": "FunctionCallRequest", "functions": [
@@ -261,7 +261,7 @@ def test_a_tool_that_times_out_is_answered_with_an_error_and_the_call_goes_on() 
             await until(lambda: session.types().count("FunctionCallResponse") == 2)
             assert session.texts[-1]["content"] == "fine"
             assert server.calls, "the call ended because of the tool"
-            await ws.send(stop())
+            await ws.send(twilio_stop())
             await closed_within(ws, 2)
             assert server.metrics.calls_ended == {"hangup": 1}
 

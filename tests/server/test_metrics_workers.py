@@ -29,10 +29,10 @@ from tests.server_support import (
     fake_agent,
     frame,
     http,
-    media,
     run,
-    start,
-    stop,
+    twilio_media,
+    twilio_start,
+    twilio_stop,
     until,
 )
 
@@ -103,13 +103,13 @@ def test_metrics_add_up_across_two_workers(tmp_path: Path) -> None:
                 while len(socks) < 6 or len(set(served_by().values())) < 2:
                     assert len(socks) < 40, f"every call landed in {set(served_by().values())}"
                     ws = await connect(url, compression=None, open_timeout=3, close_timeout=2)
-                    await ws.send(start(stream_sid=_sid(len(socks))))
+                    await ws.send(twilio_start(stream_sid=_sid(len(socks))))
                     socks.append(ws)
                     await until(lambda: len(served_by()) == len(socks), 5, "call started")
                 calls = len(socks)
                 await until(lambda: all(s.applied_at for s in agent.sessions), 5, "applied")
                 for i, ws in enumerate(socks):
-                    await ws.send(media(frame(i), 2, stream_sid=_sid(i)))
+                    await ws.send(twilio_media(frame(i), 2, stream_sid=_sid(i)))
 
                 for _ in range(scrapes):  # while every call is in progress
                     text = await _scrape(port)
@@ -117,7 +117,7 @@ def test_metrics_add_up_across_two_workers(tmp_path: Path) -> None:
                     assert _value(text, "twilio_bridge_calls_active") == calls, text
 
                 for i, ws in enumerate(socks):
-                    await ws.send(stop(stream_sid=_sid(i)))
+                    await ws.send(twilio_stop(stream_sid=_sid(i)))
                 await until(
                     lambda: sum(bool(_ENDED.search(x)) for x in lines) == calls, 5, "calls ended"
                 )

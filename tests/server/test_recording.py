@@ -25,14 +25,14 @@ from tests.server_support import (
     CONFIG,
     ROOT,
     caller,
-    connected,
     fake_agent,
-    media,
     recv_until,
     run,
     running_server,
-    start,
-    stop,
+    twilio_connected,
+    twilio_media,
+    twilio_start,
+    twilio_stop,
     until,
 )
 
@@ -102,14 +102,14 @@ def test_a_call_with_a_barge_in_is_recorded_as_the_caller_heard_it(tmp_path: Pat
             ) as server,
         ):
             ws = await caller(server)
-            await ws.send(connected())
-            await ws.send(start({"From": "+15550100"}))
+            await ws.send(twilio_connected())
+            await ws.send(twilio_start({"From": "+15550100"}))
             session = await agent.session()
             await until(lambda: session.applied_at is not None)
 
             async def talk() -> None:  # the caller's line: 20 ms frames in real time
                 for i in range(150):
-                    await ws.send(media(bytes([VOICE]) * 160, seq=i + 2))
+                    await ws.send(twilio_media(bytes([VOICE]) * 160, seq=i + 2))
                     await asyncio.sleep(0.02)
 
             talking = asyncio.create_task(talk())
@@ -121,7 +121,7 @@ def test_a_call_with_a_barge_in_is_recorded_as_the_caller_heard_it(tmp_path: Pat
             await asyncio.sleep(0.6)
             await session.send(bytes([VOICE]) * (RATE // 4))  # the next reply, 0.25 s
             await talking
-            await ws.send(stop())
+            await ws.send(twilio_stop())
             await until(lambda: not server.calls, what="the call to end")
 
     run(body())
@@ -163,13 +163,13 @@ def test_a_recording_cut_by_a_crash_is_still_a_valid_wav(tmp_path: Path) -> None
                         port = int(line.split("127.0.0.1:")[1].split()[0])
                         break
                 ws = await connect(f"ws://127.0.0.1:{port}/media-stream", compression=None)
-                await ws.send(connected())
-                await ws.send(start())
+                await ws.send(twilio_connected())
+                await ws.send(twilio_start())
                 session = await agent.session(timeout=10)
                 await until(lambda: session.applied_at is not None, 10)
                 await session.send(bytes([VOICE]) * RATE)
                 for i in range(100):  # 2 s of the call, then the crash
-                    await ws.send(media(bytes([VOICE]) * 160, seq=i + 2))
+                    await ws.send(twilio_media(bytes([VOICE]) * 160, seq=i + 2))
                     await asyncio.sleep(0.02)
             finally:
                 process.kill()  # SIGKILL: no shutdown, no last flush
@@ -207,7 +207,7 @@ def test_the_recording_notice_is_the_first_thing_the_agent_says() -> None:
     async def greeting(*flags: str) -> str:
         async with fake_agent() as agent, running_server(*flags, agent=agent) as server:
             ws = await caller(server)
-            await ws.send(start())
+            await ws.send(twilio_start())
             session = await agent.session()
             await until(lambda: session.applied_at is not None)
             await ws.close()

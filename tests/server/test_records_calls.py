@@ -28,16 +28,16 @@ from tests.server_support import (
     CONFIG,
     ROOT,
     caller,
-    connected,
     fake_agent,
     get,
     http,
-    mark,
     recv_until,
     run,
     running_server,
-    start,
-    stop,
+    twilio_connected,
+    twilio_mark,
+    twilio_start,
+    twilio_stop,
     until,
 )
 
@@ -57,8 +57,8 @@ async def _lookup(arguments: Any) -> dict[str, Any]:
 async def _scripted_call(server: Any, agent: LocalAgent) -> None:
     """A call with two replies (the first cut by a barge-in), a keypress and a tool call."""
     ws = await caller(server)
-    await ws.send(connected())
-    await ws.send(start({"From": NUMBER, "To": "+15550002"}))
+    await ws.send(twilio_connected())
+    await ws.send(twilio_start({"From": NUMBER, "To": "+15550002"}))
     session = await agent.session()
     await until(lambda: session.applied_at is not None)
     await session.send(say("user", PHRASE))
@@ -67,11 +67,11 @@ async def _scripted_call(server: Any, agent: LocalAgent) -> None:
     first, _ = await recv_until(ws, "mark")
     await session.send(b"\x01" * 4000)
     second, _ = await recv_until(ws, "mark")
-    await ws.send(mark(first["mark"]["name"]))  # the first half was heard...
+    await ws.send(twilio_mark(first["mark"]["name"]))  # the first half was heard...
     await asyncio.sleep(0.05)
     await session.send({"type": "UserStartedSpeaking"})  # ...then the caller barged in
     await recv_until(ws, "clear")
-    await ws.send(mark(second["mark"]["name"]))  # Twilio echoes cleared marks too
+    await ws.send(twilio_mark(second["mark"]["name"]))  # Twilio echoes cleared marks too
     await ws.send(twilio_dtmf("7"))
     function = {"id": "f1", "name": "lookup", "arguments": "{}", "client_side": True}
     await session.send({"type": "FunctionCallRequest", "functions": [function]})
@@ -81,9 +81,9 @@ async def _scripted_call(server: Any, agent: LocalAgent) -> None:
     await session.send(b"\x02" * 1600)
     await session.send({"type": "AgentAudioDone"})
     end, _ = await recv_until(ws, "mark")
-    await ws.send(mark(end["mark"]["name"]))
+    await ws.send(twilio_mark(end["mark"]["name"]))
     await asyncio.sleep(0.05)
-    await ws.send(stop())
+    await ws.send(twilio_stop())
     await until(lambda: not server.calls, what="the call to end")
 
 
@@ -212,8 +212,8 @@ def _logged_call(tmp_path: Path, *flags: str) -> str:
             )
             try:
                 ws = await connect(f"ws://127.0.0.1:{port}/media-stream", compression=None)
-                await ws.send(connected())
-                await ws.send(start({"From": NUMBER, "To": "+15550002"}))
+                await ws.send(twilio_connected())
+                await ws.send(twilio_start({"From": NUMBER, "To": "+15550002"}))
                 session = await agent.session(timeout=10)
                 await until(lambda: session.applied_at is not None, 10)
                 await session.send(say("user", PHRASE))
@@ -222,7 +222,7 @@ def _logged_call(tmp_path: Path, *flags: str) -> str:
                 await session.send({"type": "Unknown", "echo": PHRASE})
                 await ws.send(twilio_dtmf("9"))
                 await asyncio.sleep(0.2)
-                await ws.send(stop())
+                await ws.send(twilio_stop())
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(ws.wait_closed(), 3)
                 await asyncio.wait_for(session.closed.wait(), 3)

@@ -36,8 +36,8 @@ from tests.server_support import (
     ready_call,
     run,
     running_server,
-    start,
-    stop,
+    twilio_start,
+    twilio_stop,
     until,
 )
 
@@ -166,7 +166,7 @@ def test_upgrade_accepted_with_correct_signature() -> None:
         async with fake_agent() as agent, running_server(agent=agent, env=ENV) as server:
             sig = ORACLE.compute_signature("wss://bridge.example.com/media-stream", {})
             ws, session = await ready_call(server, agent, headers={"X-Twilio-Signature": sig})
-            await ws.send(stop())
+            await ws.send(twilio_stop())
             await asyncio.wait_for(session.closed.wait(), 1)
 
     run(body())
@@ -205,17 +205,17 @@ def test_call_token_binds_the_stream_to_the_webhook_that_issued_it() -> None:
                 ({name: "junk"}, "malformed"),
             ):
                 ws = await caller(server, headers=upgrade)
-                await ws.send(start(parameters))
+                await ws.send(twilio_start(parameters))
                 await asyncio.wait_for(ws.wait_closed(), 2)
                 assert ws.close_code == 1008 and why in (ws.close_reason or ""), ws.close_reason
             assert agent.sessions == [], "a refused call opened an agent leg"
             assert server.metrics.calls_rejected == {"no_start": 5}  # none became a call
             assert server.metrics.calls_started == 0 and server.metrics.calls_ended == {}
             ws = await caller(server, headers=upgrade)
-            await ws.send(start(issued))  # Twilio sends every <Parameter> back in start
+            await ws.send(twilio_start(issued))  # Twilio sends every <Parameter> back in start
             session = await agent.session()
             await until(lambda: session.applied_at is not None, what="the admitted call's agent")
-            await ws.send(stop())
+            await ws.send(twilio_stop())
             await asyncio.wait_for(session.closed.wait(), 1)
 
     run(body())
@@ -272,7 +272,7 @@ def test_secrets_never_logged(caplog: pytest.LogCaptureFixture) -> None:
         async with fake_agent() as agent, running_server(agent=agent, env=ENV) as server:
             sig = ORACLE.compute_signature("wss://bridge.example.com/media-stream", {})
             ws, session = await ready_call(server, agent, headers={"X-Twilio-Signature": sig})
-            await ws.send(stop())
+            await ws.send(twilio_stop())
             await asyncio.wait_for(session.closed.wait(), 1)
             await http(
                 server.port,
@@ -335,9 +335,9 @@ def test_upgrade_signature_variants(signed_url: str | None, header: str, accepte
             headers = {header: ORACLE.compute_signature(signed_url, {})} if signed_url else {}
             if accepted:
                 ws = await caller(server, headers)
-                await ws.send(start())
+                await ws.send(twilio_start())
                 await agent.session(0)
-                await ws.send(stop())
+                await ws.send(twilio_stop())
                 await asyncio.wait_for(agent.sessions[0].closed.wait(), 2)
                 await ws.close()
             else:
@@ -395,7 +395,7 @@ def test_max_calls_holds_under_a_burst() -> None:
                     ws = await caller(server)
                 except InvalidStatus as exc:
                     return exc.response.status_code
-                await ws.send(start())
+                await ws.send(twilio_start())
                 return ws
 
             results = await asyncio.gather(*(try_call() for _ in range(25)))
@@ -406,7 +406,7 @@ def test_max_calls_holds_under_a_burst() -> None:
             await asyncio.sleep(0.2)
             assert len(agent.sessions) == 3, "no agent leg beyond --max-calls"
             for ws in calls:
-                await ws.send(stop())  # type: ignore[attr-defined]
+                await ws.send(twilio_stop())  # type: ignore[attr-defined]
                 await ws.close()  # type: ignore[attr-defined]
 
     run(body())
@@ -440,10 +440,10 @@ def test_tls_mode_serves_wss(tmp_path: Path) -> None:
             writer.close()
             url = f"wss://127.0.0.1:{server.port}/media-stream"
             async with connect(url, ssl=trust, compression=None) as ws:
-                await ws.send(start())
+                await ws.send(twilio_start())
                 session = await agent.session(0)
                 await until(lambda: session.applied_at is not None)
-                await ws.send(stop())
+                await ws.send(twilio_stop())
                 await asyncio.wait_for(session.closed.wait(), 2)
             # A client that does not trust the certificate is refused by TLS itself.
             with pytest.raises(ssl.SSLCertVerificationError):

@@ -39,12 +39,12 @@ from tests.server_support import (
     CALL_SID,
     CONFIG,
     ROOT,
-    connected,
     fake_agent,
     run,
     running_server,
-    start,
-    stop,
+    twilio_connected,
+    twilio_start,
+    twilio_stop,
     until,
 )
 
@@ -118,13 +118,13 @@ def _flags(receiver: Receiver, spec: str, *extra: str) -> tuple[str, ...]:
 
 async def _short_call(port: int, agent: LocalAgent) -> None:
     ws = await connect(f"ws://127.0.0.1:{port}/media-stream", compression=None, open_timeout=5)
-    await ws.send(connected())
-    await ws.send(start({"From": "+15550100", "To": "+15550199"}))
+    await ws.send(twilio_connected())
+    await ws.send(twilio_start({"From": "+15550100", "To": "+15550199"}))
     session = await agent.session(len(agent.sessions) - 1 if agent.sessions else 0, timeout=10)
     await until(lambda: session.applied_at is not None, 10)
     await session.send({"type": "ConversationText", "role": "user", "content": "hello there"})
     await asyncio.sleep(0.05)
-    await ws.send(stop())
+    await ws.send(twilio_stop())
     with contextlib.suppress(Exception):
         await asyncio.wait_for(ws.wait_closed(), 3)
 
