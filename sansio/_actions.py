@@ -177,6 +177,7 @@ class CallStarted(Notice):
     call_sid: str
     account_sid: str
     custom_parameters: Mapping[str, str]
+    resumed: bool = False  # a signed stream that resumes the call after a failed transfer
 
 
 @dataclass(frozen=True, slots=True)

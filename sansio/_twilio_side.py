@@ -132,7 +132,13 @@ class TwilioSide:
         if self._resume is not None:
             self._conversation.seed(self._resume.history)
         self._actions.append(
-            CallStarted(start.stream_sid, start.call_sid, start.account_sid, start.parameters)
+            CallStarted(
+                start.stream_sid,
+                start.call_sid,
+                start.account_sid,
+                start.parameters,
+                resumed=self._resume is not None,
+            )
         )
         self._agent_state = AgentState.CONNECTING
         self._clock.agent_opened = now

@@ -32,6 +32,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from server import __version__
+from server.ws import MASKS, encode_client_frame
 
 log = logging.getLogger("server.agent")
 
@@ -236,14 +237,16 @@ class AgentLeg(asyncio.Protocol):
         protocol = self.protocol
         if protocol is None or protocol.state is not State.OPEN:
             return
+        # Framed here rather than by the protocol object (which would read a fresh mask
+        # from the kernel and queue the frame in a list): a data frame changes none of its
+        # state, and this runs 50 times a second per call.
         if type(message) is bytes:
-            protocol.send_binary(message)
+            frame = encode_client_frame(0x2, message, MASKS.take())
         else:
-            protocol.send_text(message.encode("utf-8"))  # type: ignore[union-attr]
+            frame = encode_client_frame(0x1, message.encode("utf-8"), MASKS.take())  # type: ignore[union-attr]
         transport = self.transport
         assert transport is not None
-        for data in protocol.data_to_send():  # one frame, never the end of the stream
-            transport.write(data)
+        transport.write(frame)
 
     @property
     def buffered(self) -> int:

@@ -20,6 +20,7 @@ to wsproto for good.
 
 from __future__ import annotations
 
+import os
 import struct
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
@@ -60,6 +61,48 @@ def encode_text_frame(text: str) -> bytes:
     if size < 65536:
         return _pack_medium(0x81, 126, size) + payload
     return _pack_long(0x81, 127, size) + payload
+
+
+def encode_client_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
+    """One masked, unfragmented frame (what a client sends: the agent leg)."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x80 | opcode, 0x80 | size))
+    elif size < 65536:
+        head = _pack_medium(0x80 | opcode, 0xFE, size)
+    else:
+        head = _pack_long(0x80 | opcode, 0xFF, size)
+    return head + mask + apply_mask(payload, mask)
+
+
+class MaskPool:
+    """Masking keys for client frames, cut from one ``os.urandom`` read per ``batch`` frames
+    instead of one ``getrandom`` call per frame. RFC 6455 section 5.3 asks for unpredictable
+    keys from a strong source, which this still is; a forked child starts a fresh batch, so
+    workers never share keys."""
+
+    __slots__ = ("_batch", "_keys", "_next")
+
+    def __init__(self, batch: int = 1024) -> None:
+        self._batch = batch
+        self._keys = b""
+        self._next = 0
+
+    def take(self) -> bytes:
+        start = self._next
+        if start >= len(self._keys):
+            self._keys = os.urandom(4 * self._batch)
+            start = 0
+        self._next = start + 4
+        return self._keys[start : start + 4]
+
+    def reset(self) -> None:
+        self._keys = b""
+        self._next = 0
+
+
+MASKS = MaskPool()
+os.register_at_fork(after_in_child=MASKS.reset)
 
 
 class WsPeer:

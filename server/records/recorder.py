@@ -46,6 +46,7 @@ class Write:
     record: CallRecord | None = None
     turn: Turn | None = None
     event: Event | None = None
+    resumed: bool = False  # a ``start`` that continues its call after a failed transfer
     outbound: dict[str, Any] | None = None
 
 
@@ -191,7 +192,11 @@ class CallRecorder:
         )
         if self._recording is not None:
             self.record.recording = self._recording(self.record.call_sid)
-        self._writes.append(Write("start", self.record.call_sid, record=self.record.copy()))
+        resumed = notice.resumed
+        if resumed:
+            self._add_event("call", "resumed", {}, now)
+        start = Write("start", self.record.call_sid, record=self.record.copy(), resumed=resumed)
+        self._writes.append(start)
 
     def _on_ended(self, notice: CallEnded, now: float) -> None:
         record = self.record

@@ -141,6 +141,8 @@ class Database:
     def __init__(self, spec: str) -> None:
         self.spec = spec
         self.postgres = is_postgres(spec)
+        # Per resumed call until its finish: (turn seq, event seq, dtmf, barge-ins) so far.
+        self._bases: dict[str, tuple[int, int, int, int]] = {}
         try:
             self._conn: Any = self._connect()
             self.migrate()
@@ -227,7 +229,7 @@ class Database:
             for write in writes:
                 if write.op == "start":
                     assert write.record is not None
-                    self._start(write.record)
+                    self._start(write.record, write.resumed)
                 elif write.op == "turn":
                     assert write.turn is not None
                     self._turn(write.call_sid, write.turn)
@@ -242,8 +244,12 @@ class Database:
                     if outbox:
                         self._enqueue(write.call_sid)
 
-    def _start(self, r: CallRecord) -> None:
-        # A second start with the same CallSid (a replayed stream) replaces the first.
+    def _start(self, r: CallRecord, resumed: bool = False) -> None:
+        # A stream resuming its call after a failed transfer continues that call's record (one
+        # record per CallSid tells the whole call); any other second start with the same
+        # CallSid (a replayed stream) replaces the first.
+        if resumed and self._resume(r):
+            return
         for table in ("turns", "events", "calls"):
             self.execute(f"DELETE FROM {table} WHERE call_sid = ?", (r.call_sid,))
         self.execute(
@@ -251,11 +257,38 @@ class Database:
             _call_row(r),
         )
 
+    def _resume(self, r: CallRecord) -> bool:
+        """Reopen the stored call: this stream's turns and events follow the first part's."""
+        sid = r.call_sid
+        rows = self.query("SELECT dtmf_count, barge_ins FROM calls WHERE call_sid = ?", (sid,))
+        if not rows:
+            return False
+        turns = self.query("SELECT COALESCE(MAX(seq) + 1, 0) FROM turns WHERE call_sid = ?", (sid,))
+        events = self.query(
+            "SELECT COALESCE(MAX(seq) + 1, 0) FROM events WHERE call_sid = ?", (sid,)
+        )
+        dtmf, barge_ins = rows[0]
+        self._bases[sid] = (int(turns[0][0]), int(events[0][0]), int(dtmf), int(barge_ins))
+        self.execute(
+            "UPDATE calls SET stream_sid = ?, ended_at = NULL, end_reason = NULL,"
+            " end_detail = NULL WHERE call_sid = ?",
+            (r.stream_sid, sid),
+        )
+        return True
+
     def _finish(self, r: CallRecord) -> None:
+        _, _, dtmf, barge_ins = self._bases.pop(r.call_sid, (0, 0, 0, 0))
         self.execute(
             "UPDATE calls SET ended_at = ?, end_reason = ?, end_detail = ?, dtmf_count = ?,"
             " barge_ins = ? WHERE call_sid = ?",
-            (r.ended_at, r.end_reason, r.end_detail, r.dtmf_count, r.barge_ins, r.call_sid),
+            (
+                r.ended_at,
+                r.end_reason,
+                r.end_detail,
+                r.dtmf_count + dtmf,
+                r.barge_ins + barge_ins,
+                r.call_sid,
+            ),
         )
 
     def _turn(self, call_sid: str, t: Turn) -> None:
@@ -267,7 +300,7 @@ class Database:
             f" ON CONFLICT (call_sid, seq) DO UPDATE SET {updates}",
             (
                 call_sid,
-                t.seq,
+                t.seq + self._bases.get(call_sid, (0,))[0],
                 t.role,
                 t.text,
                 t.at,
@@ -285,7 +318,14 @@ class Database:
         self.execute(
             "INSERT INTO events (call_sid, seq, at, kind, name, data) VALUES (?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (call_sid, seq) DO UPDATE SET data = excluded.data",
-            (call_sid, e.seq, e.at, e.kind, e.name, json.dumps(e.data)),
+            (
+                call_sid,
+                e.seq + self._bases.get(call_sid, (0, 0))[1],
+                e.at,
+                e.kind,
+                e.name,
+                json.dumps(e.data),
+            ),
         )
 
     def _outbound(self, call_sid: str, fields: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -354,6 +355,83 @@ def test_a_transfer_with_no_answer_resumes_the_call_with_its_history() -> None:
             assert "context" not in texts_of(plain, "Settings")[0]["agent"]
 
     run(main())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def records(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    """A records store the dial action reads the turns from (SQLite, or TEST_POSTGRES_URL)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "calls.db")
+        return
+    url = os.environ.get("TEST_POSTGRES_URL", "")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("TEST_POSTGRES_URL is not set under CI=true: run .ci/postgres.sh")
+        pytest.skip("TEST_POSTGRES_URL is not set (run .ci/postgres.sh)")
+    import psycopg
+
+    def reset() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            for table in ("turns", "events", "calls", "outbox", "schema_version"):
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+
+    reset()
+    yield url
+    reset()
+
+
+def test_a_resumed_call_reads_its_turns_from_the_records_and_keeps_one_record(
+    records: str,
+) -> None:
+    """With a records store the action URL carries no history: the dial action reads the
+    turns from the store; the resumed stream appends to the same record, which tells the
+    whole call (first part, transfer attempt, resumed part)."""
+    streams: list[dict[str, str]] = []
+
+    async def connector(call: SimCall, url: str, parameters: Any) -> None:
+        streams.append(dict(parameters))
+
+    async def main() -> None:
+        async with rig("--records", records, dial_outcome="no-answer", connector=connector) as r:
+            store = r.server.records
+            assert store is not None
+            ws, session = await r.call()
+            await session.send(agent_message("ConversationText", role="user", content="Desk."))
+            await ask_transfer(session, "front_desk")
+            last = await announce(session, ws)
+            await ws.send(twilio_mark(last["mark"]["name"]))
+            await until(lambda: bool(r.updates()), 3, "the call update")
+            assert "ctx=&" in (r.updates()[0].field("Twiml") or "")  # no history in the URL
+            await until(lambda: bool(streams), 5, "the resumed stream")
+            await until(lambda: ws.state is State.CLOSED, 3)
+            ws2, resumed = await r.call(streams[0])
+            history = texts_of(resumed, "Settings")[0]["agent"]["context"]["messages"]
+            assert {"type": "History", "role": "user", "content": "Desk."} in history
+            await resumed.send(agent_message("ConversationText", role="user", content="Later."))
+            await asyncio.sleep(0.2)
+            await ws2.send(twilio_stop())
+            await ws2.close()
+
+            def whole() -> Any:
+                record = store.load(CALL_SID)
+                return record if record is not None and record.end_reason else None
+
+            loop = asyncio.get_running_loop()
+            record = None
+            for _ in range(50):
+                record = await loop.run_in_executor(None, whole)
+                if record is not None and any(t.text == "Later." for t in record.turns):
+                    break
+                await asyncio.sleep(0.1)
+            assert record is not None
+            said = [(t.seq, t.text) for t in record.turns if t.role == "user"]
+            assert [text for _, text in said] == ["Desk.", "Later."]
+            assert len({t.seq for t in record.turns}) == len(record.turns)
+            names = [e.name for e in record.events]
+            assert "resumed" in names and names.index("resumed") > names.index("transfer_call")
+            assert record.end_reason == "hangup" and record.ended_at is not None
+
+    run(main(), 30)
 
 
 # ---------------------------------------------------------------------- stream status
