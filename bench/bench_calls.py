@@ -3,9 +3,9 @@
 The server under test runs in its own process (``python -m server``), pinned to core 0 when
 the machine has two or more; this process (the load) pins itself to core 1. N callers send
 Twilio ``media`` frames every 20 ms to a local agent that speaks 60 ms every 60 ms and barges
-in every few seconds, so both directions carry load (``bench/loadgen.py``). Before the load, one
-call with the project's own peers (``TwilioCaller`` and ``LocalAgent``) checks that the server
-under test really bridges a call.
+in every few seconds, so both directions carry load (``bench/loadgen.py`` shapes it, the lean
+peers of ``peers/load.py`` carry it). Before the load, one call with the project's own peers
+(``TwilioCaller`` and ``LocalAgent``) checks that the server under test really bridges a call.
 
 For each point it reports what a deployment tunes by: the server's CPU per call-second (user and
 kernel, from /proc) and the calls per core that implies; its wake-ups per second (context
@@ -425,7 +425,7 @@ async def measure(point: Point) -> dict[str, Any]:
         "load_saturated": load_cores is not None and load_share >= LOAD_SATURATED,
         "load_tick_lateness_p99_ms": lateness[1],
         "drained": drained,
-        "errors": load.errors[:5],
+        "errors": load.stats.errors[:5],
     }
 
 

@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 
 from websockets.asyncio.client import connect
 
+from peers import twilio_messages
 from peers.agent import LocalAgent
 from peers.twilio_api import SimCall, TwilioApiPeer, sign
 from server.records.store import Database
@@ -67,15 +68,9 @@ class Rig:
                     await ws.close()
 
             self.peer.register(call.sid, stop)
-            await ws.send(json.dumps({"event": "connected", "protocol": "Call"}))
-            await ws.send(json.dumps({
-                "event": "start", "sequenceNumber": "1", "streamSid": "MZ" + call.sid[2:],
-                "start": {"streamSid": "MZ" + call.sid[2:], "callSid": call.sid,
-                          "accountSid": ACCOUNT_SID, "tracks": ["inbound"],
-                          "customParameters": dict(parameters),
-                          "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000,
-                                          "channels": 1}},
-            }))  # fmt: skip
+            await ws.send(twilio_messages.connected())
+            stream_sid = "MZ" + call.sid[2:]
+            await ws.send(twilio_messages.start(stream_sid, call.sid, ACCOUNT_SID, parameters))
             with contextlib.suppress(Exception):
                 async for _ in ws:
                     pass

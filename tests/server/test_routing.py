@@ -17,6 +17,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
+from peers import twilio_messages
 from peers.agent import LocalAgent
 from server.routing import AGENT_PARAMETER, load_routing
 from tests.server.test_cli import _env, _one_error_line, _run_cli
@@ -62,13 +63,8 @@ async def _call(port: int, to: str) -> ClientConnection:
     twiml = (await http(port, post_form("/incoming-call", form))).text
     parameters = {unescape(k): unescape(v) for k, v in _PARAM.findall(twiml)}
     ws = await connect(f"ws://127.0.0.1:{port}/media-stream", compression=None)
-    await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-    await ws.send(json.dumps({
-        "event": "start", "sequenceNumber": "1", "streamSid": f"MZ{to[1:]}",
-        "start": {"streamSid": f"MZ{to[1:]}", "callSid": f"CA{to[1:]}", "accountSid": "AC1",
-                  "tracks": ["inbound"], "customParameters": parameters,
-                  "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
-    }))  # fmt: skip
+    await ws.send(twilio_messages.connected())
+    await ws.send(twilio_messages.start(f"MZ{to[1:]}", f"CA{to[1:]}", "AC1", parameters))
     return ws
 
 
