@@ -228,6 +228,7 @@ class ServerProcess:
                        "--preroll-policy", "keep"]  # fmt: skip
             if workers > 1:
                 command += ["--workers", str(workers)]
+            command += shlex.split(os.environ.get("BENCH_SERVER_FLAGS", ""))  # --server-flags
         self.proc = subprocess.Popen(
             command,
             env=env,
@@ -773,6 +774,8 @@ def main(argv: list[str] | None = None) -> int:
     add("--barge-in-every", type=float, default=5.0, help="seconds between barge-ins per call")
     add("--quick", action="store_true", help="a seconds-long smoke run")
     add("--no-peer-check", action="store_true", help="skip the call with the peers")
+    add("--server-flags", default="", metavar="FLAGS",
+        help="extra flags for python -m server, e.g. '--loop asyncio'")
     add(
         "--no-baseline",
         action="store_true",
@@ -809,6 +812,8 @@ def main(argv: list[str] | None = None) -> int:
     add("--plot", action="store_true", help="write PNGs (needs matplotlib)")
     add("--json", type=Path, default=ROOT / "bench" / "results" / "calls.json")
     args = parser.parse_args(argv)
+    if args.server_flags:
+        os.environ["BENCH_SERVER_FLAGS"] = args.server_flags
     args.chunk_ms_list = _ints(args.chunk_ms)
     args.calls_list = _ints(args.calls)
     if args.quick:

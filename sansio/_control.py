@@ -18,6 +18,7 @@ from ._agent import client_message
 from ._config import _check_agent
 from ._errors import ConfigError, LocalProtocolError
 from ._injections import Injection, Injections, agent_message, user_message
+from ._tools import Tools
 from ._uplink import Uplink
 
 Phase = Literal["before", "ready", "reconnecting", "ended"]
@@ -85,6 +86,12 @@ class ControlInputs:
 
     __slots__ = ()
     _control: Control
+    _tools: Tools
+
+    def hang_up_after_reply(self, now: float) -> None:
+        """Hang up as after ``end_call``: once the agent's next reply has played, within
+        ``hangup_grace`` if it says nothing, and never past ``hangup_timeout`` (a voicemail)."""
+        self._tools.hang_up_after_reply(now)
 
     def inject_user_message(self, content: str, now: float) -> None:
         """``InjectUserMessage``: ``content`` as if the caller said it (retried if refused)."""

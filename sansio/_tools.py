@@ -107,14 +107,18 @@ class Tools:
             self._answer(call, _GOODBYE, now)
             if self._hangup_requested is None:
                 self._hangup_id = call.call_id
-                self._hangup_requested = now
-                self._hangup_at = now + self._grace
+                self.hang_up_after_reply(now)
         elif call.name in self._builtins:
             self._actions.append(AgentNotice("FunctionCallRequest", call.message))
             self._builtins[call.name](call, now)
         else:
             self._pending[call.call_id] = call.name
             self._actions.append(RunTool(call.call_id, call.name, call.arguments))
+
+    def hang_up_after_reply(self, now: float) -> None:
+        if self._hangup_requested is None:
+            self._hangup_requested = now
+            self._hangup_at = now + self._grace
 
     def withdraw_all(self) -> None:
         """The call ends: nobody wants the results still running."""

@@ -29,6 +29,7 @@ from server.control_uds import CONTROL_DIR_ENV, UnixRelay
 from server.http import HttpProtocol
 from server.metrics import Metrics
 from server.options import ServerOptions, StartupError
+from server.outbound import Outbound
 from server.recording import AudioRecorder
 from server.records.store import RecordsError, is_postgres, open_store
 from server.records.webhook import Deliverer
@@ -85,6 +86,9 @@ class Server:
             self._live,
         )
         self.control = ControlApi(lambda: (call.handle for call in self.calls))
+        self.outbound = (
+            Outbound(options, self.twilio, self.control, self.records) if self.twilio else None
+        )
         self._relay: Relay | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -230,6 +234,8 @@ class Server:
                 await asyncio.wait_for(self._stop_local_agent(), 2.0)
         if self._relay is not None:
             await self._relay.stop()
+        if self.outbound is not None:
+            await self.outbound.aclose()
         if self.twilio is not None:
             await self.twilio.aclose()
         if self.recordings is not None:

@@ -67,6 +67,15 @@ class CallHandle:
         """Transfer to a ``--transfer-target`` by its name."""
         self._act(lambda now: self._driver.core.transfer(target, "requested by the driver", now))
 
+    def leave_message(self, text: str) -> None:
+        """A voicemail: the agent says ``text`` at once, then the call hangs up once it has
+        played (bounded by ``--hangup-grace`` and ``--hangup-timeout``, as ``end_call``)."""
+        def step(now: float) -> None:
+            self._driver.core.inject_agent_message(text, now, behavior="interrupt")
+            self._driver.core.hang_up_after_reply(now)
+
+        self._act(step)
+
     def hang_up(self) -> None:
         self._act(lambda now: self._driver.core.end(EndReason.HANGUP, "hung up on request", now))
 

@@ -28,7 +28,13 @@ from server import __version__
 from server.app import Server, run_loop, serve
 from server.control_uds import setup_control_dir
 from server.metrics import setup_multiprocess_metrics
-from server.options import DEFAULT_AGENT_URL, ServerOptions, StartupError, make_options
+from server.options import (
+    DEFAULT_AGENT_URL,
+    DEFAULT_VOICEMAIL,
+    ServerOptions,
+    StartupError,
+    make_options,
+)
 from server.tools import ToolLoadError, ToolRegistry
 
 PROG = "twilio-agent-bridge"
@@ -77,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
             "of GET /calls/{CallSid}/record; the route is off without it), BRIDGE_WEBHOOK_SECRET "
             "(signs --webhook-url's requests). A .env file is read and never overrides the "
             "environment. 'python -m server demo --help' runs the local demo; "
+            "'python -m server dial --help' places an outbound call; "
             "'python -m server calls --help' reads the call records."
         ),
     )
@@ -88,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--route", action="append", metavar="NUMBER=CONFIG",
         help="repeatable: calls to E.164 NUMBER get the agent Settings of file CONFIG (its stem "
         "names the agent for outbound calls; docs/outbound.md)")  # fmt: skip
+    add("--max-outbound-per-minute", type=_positive_int, default=10, metavar="N",
+        help="POST /calls beyond N in any 60 s of one process get 429 (default 10)")  # fmt: skip
+    add("--voicemail-message", default=DEFAULT_VOICEMAIL, metavar="TEXT",
+        help="what the agent leaves on an answering machine (outbound calls)")  # fmt: skip
     add("--env-file", default=".env", help="dotenv file to read (default ./.env)")
     add(
         "--agent-url",
@@ -319,6 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "demo":
         return _run_demo(args_list[1:])
+    if args_list and args_list[0] == "dial":
+        from server.dial import main as dial_main
+
+        return dial_main(args_list[1:])
     if args_list and args_list[0] == "calls":
         from server.records.cli import main as calls_main
 

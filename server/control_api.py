@@ -80,6 +80,11 @@ class ControlApi:
         problem = _check(op, payload)
         if problem is not None:
             return 400, {"error": problem}
+        return await self.act(op, sid, payload)
+
+    async def act(self, op: str, sid: str, payload: dict[str, Any]) -> Answer:
+        """``op`` (checked) on call ``sid`` of this process or, through the relay, another's;
+        ``voicemail`` is the bridge's own (server/outbound.py), not a route."""
         answer = self.local(op, sid, payload)
         where = "here"
         if answer is None and self.relay is not None:
@@ -93,7 +98,7 @@ class ControlApi:
         """A relayed request (another worker or instance): answered from this process only."""
         if op == "list":
             return 200, {"calls": self.listing()}
-        if not isinstance(payload, dict) or op not in ("get", *_ACTIONS):
+        if not isinstance(payload, dict) or op not in ("get", "voicemail", *_ACTIONS):
             return 400, {"error": "bad relayed request"}
         problem = _check(op, payload)
         if problem is not None:
@@ -114,6 +119,8 @@ class ControlApi:
                 handle.transfer(payload["target"])
             elif op == "hangup":
                 handle.hang_up()
+            elif op == "voicemail":
+                handle.leave_message(payload["text"])
         except LocalProtocolError as exc:
             return 409, {"error": str(exc)}
         return 200, handle.describe() if op == "get" else {"call_sid": sid, "done": op}
@@ -121,7 +128,7 @@ class ControlApi:
 
 def _check(op: str, payload: dict[str, Any]) -> str | None:
     """What is wrong with the body of ``op``, or None."""
-    if op in ("say", "prompt"):
+    if op in ("say", "prompt", "voicemail"):
         text = payload.get("text")
         if not isinstance(text, str) or not text.strip():
             return 'a non-empty "text" string is required'

@@ -26,11 +26,12 @@ from urllib.parse import parse_qsl
 import h11
 from wsproto.utilities import generate_accept_token
 
-from server import __version__, control_auth, handoff, signature
+from server import __version__, control_auth, handoff, outbound, signature
 from server.control_api import ControlApi
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import Metrics
 from server.options import MEDIA_STREAM_PATH, WEBHOOK_PATH, ServerOptions
+from server.outbound import Outbound
 from server.records.store import RecordStore
 from server.twiml import twiml_busy, twiml_hangup, twiml_stream
 
@@ -42,6 +43,7 @@ TWIML_PARAMETERS = ("From", "To", "CallSid")
 _REASONS = {
     101: b"Switching Protocols",
     200: b"OK",
+    201: b"Created",
     400: b"Bad Request",
     401: b"Unauthorized",
     403: b"Forbidden",
@@ -50,8 +52,10 @@ _REASONS = {
     408: b"Request Timeout",
     413: b"Content Too Large",
     426: b"Upgrade Required",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
+    502: b"Bad Gateway",
     503: b"Service Unavailable",
 }
 _HOST_RE = re.compile(r"^[A-Za-z0-9.\-_]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
@@ -62,6 +66,8 @@ _ROUTES_METHODS = {
     MEDIA_STREAM_PATH: (b"GET",),
     handoff.DIAL_ACTION_PATH: (b"GET", b"POST"),
     handoff.STREAM_STATUS_PATH: (b"POST",),
+    outbound.AMD_PATH: (b"POST",),
+    outbound.STATUS_PATH: (b"POST",),
 }
 _DIAL_DONE = frozenset({"completed", "answered"})
 
@@ -78,6 +84,7 @@ class Site(Protocol):
     debug: bool
     records: RecordStore | None
     control: ControlApi
+    outbound: Outbound | None
 
     @property
     def calls(self) -> Collection[object]: ...
@@ -257,6 +264,8 @@ class HttpProtocol(asyncio.Protocol):
             self._dial_action(request, target, query)
         elif path == handoff.STREAM_STATUS_PATH:
             self._stream_status(request, target, query)
+        elif path in (outbound.AMD_PATH, outbound.STATUS_PATH):
+            self._outbound_callback(request, target, query, path)
         elif path == MEDIA_STREAM_PATH:
             self._upgrade(request)
         elif path == "/healthz":
@@ -282,9 +291,16 @@ class HttpProtocol(asyncio.Protocol):
         if path.endswith("/record"):
             self._call_record(request, path)
             return
-        answer = self.loop.create_task(
-            self.server.control.handle(request.method, path, bytes(self._body))
-        )
+        if path == "/calls" and request.method == b"POST":
+            outbound = self.server.outbound
+            if outbound is None:
+                self._json(409, {"error": "outbound calls need Twilio REST credentials"})
+                return
+            answer = self.loop.create_task(outbound.create(bytes(self._body)))
+        else:
+            answer = self.loop.create_task(
+                self.server.control.handle(request.method, path, bytes(self._body))
+            )
         answer.add_done_callback(self._control_answered)
 
     def _control_answered(self, done: asyncio.Task[tuple[int, dict[str, Any]]]) -> None:
@@ -503,6 +519,16 @@ class HttpProtocol(asyncio.Protocol):
             )
         elif self.server.debug:
             log.debug("stream status callSid=%s %s", values.get("CallSid", "-"), event[:40])
+        self._respond(200, b"", "text/plain; charset=utf-8")
+
+    def _outbound_callback(self, request: h11.Request, target: str, query: str, path: str) -> None:
+        """An outbound call's AsyncAmd result or status callback (server/outbound.py)."""
+        form = self._twilio_form(request, target, query, "outbound callback")
+        if form is None:
+            return
+        calls = self.server.outbound
+        if calls is not None:
+            (calls.amd if path == outbound.AMD_PATH else calls.status)(dict(form))
         self._respond(200, b"", "text/plain; charset=utf-8")
 
     def _forwarded_scheme(self, request: h11.Request) -> str:

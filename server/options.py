@@ -24,6 +24,7 @@ from server.routing import Routing, RoutingError, load_routing
 from server.twilio_rest import TwilioCredentials
 from server.twiml import twiml_fallback
 
+DEFAULT_VOICEMAIL = "Hello, this is a message from our office. Please call us back. Goodbye."
 DEFAULT_AGENT_URL = "wss://agent.deepgram.com/v1/agent/converse"
 LOCAL_AGENT = "local"
 """Special ``--agent-url`` value: run the bundled local agent in-process (no key needed)."""
@@ -100,6 +101,8 @@ class ServerOptions:
     fallback_twiml: str | None = None
     dial_timeout: int = 30
     routing: Routing = field(default_factory=Routing)
+    max_outbound_per_minute: int = 10
+    voicemail_message: str = DEFAULT_VOICEMAIL
 
     @property
     def handoff_key(self) -> str | None:
@@ -451,6 +454,8 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
         fallback_twiml=_fallback_twiml(args, dict(control.targets)),
         dial_timeout=args.dial_timeout,
         routing=routing,
+        max_outbound_per_minute=args.max_outbound_per_minute,
+        voicemail_message=args.voicemail_message,
         webhook=webhook,
         record_audio=record_audio or None,
     )

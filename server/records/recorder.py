@@ -38,7 +38,8 @@ from server.records.redact import Redactor, keep
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """One change for the store: ``start`` (the call row), ``turn``, ``event`` or ``finish``."""
+    """One change for the store: ``start`` (the call row), ``turn``, ``event``, ``finish``, or
+    ``outbound`` (columns of an outbound call's row)."""
 
     op: str
     call_sid: str
@@ -46,6 +47,7 @@ class Write:
     turn: Turn | None = None
     event: Event | None = None
     resumed: bool = False  # a ``start`` that continues its call after a failed transfer
+    outbound: dict[str, Any] | None = None
 
 
 def _ms(seconds: float) -> float:

@@ -95,6 +95,25 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             " AND failed_at IS NULL",
         ),
     ),
+    (
+        3,
+        "outbound calls: who was called, by which agent, and how it went",
+        (
+            """CREATE TABLE outbound (
+                call_sid TEXT PRIMARY KEY,
+                to_number TEXT,
+                from_number TEXT,
+                agent TEXT,
+                created_at DOUBLE PRECISION,
+                status TEXT,
+                answered_by TEXT,
+                outcome TEXT,
+                updated_at DOUBLE PRECISION NOT NULL)""",
+        ),
+    ),
+)
+OUTBOUND_COLUMNS = (
+    "to_number", "from_number", "agent", "created_at", "status", "answered_by", "outcome"
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -217,6 +236,8 @@ class Database:
                 elif write.op == "event":
                     assert write.event is not None
                     self._event(write.call_sid, write.event)
+                elif write.op == "outbound":
+                    self._outbound(write.call_sid, write.outbound or {})
                 elif write.op == "finish":
                     assert write.record is not None
                     self._finish(write.record)
@@ -306,6 +327,25 @@ class Database:
                 json.dumps(e.data),
             ),
         )
+
+    def _outbound(self, call_sid: str, fields: dict[str, Any]) -> None:
+        """Insert or update an outbound call's row with the columns ``fields`` names."""
+        names = [n for n in OUTBOUND_COLUMNS if n in fields]
+        values = [fields[n] for n in names]
+        sets = "".join(f", {n} = excluded.{n}" for n in names)
+        self.execute(
+            f"INSERT INTO outbound (call_sid, {''.join(n + ', ' for n in names)}updated_at)"
+            f" VALUES ({'?, ' * (len(names) + 1)}?)"
+            f" ON CONFLICT (call_sid) DO UPDATE SET updated_at = excluded.updated_at{sets}",
+            (call_sid, *values, time.time()),
+        )
+
+    def outbound(self, call_sid: str) -> dict[str, Any] | None:
+        rows = self.query(
+            f"SELECT {', '.join(OUTBOUND_COLUMNS)}, updated_at FROM outbound WHERE call_sid = ?",
+            (call_sid,),
+        )
+        return dict(zip((*OUTBOUND_COLUMNS, "updated_at"), rows[0], strict=True)) if rows else None
 
     def _enqueue(self, call_sid: str) -> None:
         record = self.load(call_sid)
@@ -409,6 +449,7 @@ class Database:
                     (older_than,),
                 )
             self.execute("DELETE FROM calls WHERE started_at < ?", (older_than,))
+            self.execute("DELETE FROM outbound WHERE updated_at < ?", (older_than,))
         return len(rows), [path for _, path in rows if path]
 
     # ------------------------------------------------------------------ reads
@@ -525,6 +566,11 @@ class RecordStore:
     def load(self, call_sid: str) -> CallRecord | None:
         with self._read_lock:
             return self._reader.load(call_sid)
+
+    def load_outbound(self, call_sid: str) -> dict[str, Any] | None:
+        """The row of an outbound call (docs/outbound.md), or None."""
+        with self._read_lock:
+            return self._reader.outbound(call_sid)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far is written (tests, the CLI after a demo)."""

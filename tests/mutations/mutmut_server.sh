@@ -1,6 +1,9 @@
 #!/bin/sh
-# mutmut over the server's signature code (docs/mutation.md), in a throwaway copy of the tree:
-# [tool.mutmut] in pyproject.toml holds the core's configuration, so this copy gets its own.
+# mutmut over the server's security and limits code (docs/mutation.md), in a throwaway copy of
+# the tree: [tool.mutmut] in pyproject.toml holds the core's configuration, so this copy gets
+# its own. Mutated: server/signature.py and server/ws.py whole, and the functions below of
+# http.py, app.py, call.py, twilio_leg.py and agent_leg.py (the rest of those modules is not
+# security or limits code, and their other tests are too slow for a run per mutant).
 # Usage, from the repository root: sh tests/mutations/mutmut_server.sh [path/to/mutmut]
 set -eu
 MUTMUT=${1:-mutmut}
@@ -14,14 +17,38 @@ import re
 text = open("pyproject.toml").read()
 config = '''[tool.mutmut]
 source_paths = ["server/"]
-only_mutate = ["server/signature.py"]
-also_copy = ["config.json", "sansio/", "peers/"]
-pytest_add_cli_args = ["-p", "no:cacheprovider", "-o", "addopts="]
-pytest_add_cli_args_test_selection = ["tests/server/test_security.py"]
+only_mutate = ["server/signature.py", "server/ws.py", "server/http.py", "server/app.py",
+               "server/call.py", "server/twilio_leg.py", "server/agent_leg.py"]
+also_copy = ["config.json", "sansio/", "peers/", "examples/"]
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-o", "addopts=",
+    "--deselect", "tests/server/test_lifecycle.py::test_two_workers_serve_calls_and_sigterm_to_the_parent_drains_both"]
+pytest_add_cli_args_test_selection = [
+    "tests/server/test_security.py",
+    "tests/server/test_http.py",
+    "tests/server/test_ws.py",
+    "tests/server/test_lifecycle.py",
+    "tests/server/test_calls.py::test_caller_not_reading_ends_its_call_within_the_write_cap",
+    "tests/server/test_calls.py::test_agent_not_reading_ends_its_call_within_the_write_cap",
+]
 '''
 text = re.sub(r"\[tool\.mutmut\]\n(?:(?!\n\[).)*", config, text, flags=re.S)
 open("pyproject.toml", "w").write(text)
 PY
-"$MUTMUT" run >mutmut.log 2>&1 || { tail -40 mutmut.log; exit 1; }
+# The mutants run: every one of signature.py and ws.py, and those of the limits functions.
+set -- "server.signature.*" "server.ws.*" \
+    "server.http.xǁHttpProtocolǁ_process__*" \
+    "server.http.xǁHttpProtocolǁ_arm_request_timer__*" \
+    "server.http.xǁHttpProtocolǁ_on_request_timeout__*" \
+    "server.http.xǁHttpProtocolǁ_refused_for_capacity__*" \
+    "server.http.xǁHttpProtocolǁclose__*" \
+    "server.http.xǁHttpProtocolǁ__init____*" \
+    "server.app.xǁServerǁat_capacity__*" \
+    "server.call.xǁCallDriverǁ_flush_twilio__*" \
+    "server.call.xǁCallDriverǁ_send_agent_audio__*" \
+    "server.call.xǁCallDriverǁ_send_agent_text__*" \
+    "server.call.xǁCallDriverǁ_agent_not_reading__*" \
+    "server.twilio_leg.xǁTwilioLegǁflush__*" \
+    "server.agent_leg.xǁAgentLegǁbuffered__*"
+"$MUTMUT" run "$@" >mutmut.log 2>&1 || { tail -40 mutmut.log; exit 1; }
 tail -c 200 mutmut.log | tr '\r' '\n' | tail -2
 "$MUTMUT" results

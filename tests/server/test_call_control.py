@@ -372,7 +372,7 @@ def records(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
 
     def reset() -> None:
         with psycopg.connect(url, autocommit=True) as conn:
-            for table in ("turns", "events", "calls", "outbox", "schema_version"):
+            for table in ("turns", "events", "calls", "outbox", "outbound", "schema_version"):
                 conn.execute(f"DROP TABLE IF EXISTS {table}")
 
     reset()

@@ -217,7 +217,7 @@ def _reset_postgres(url: str) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        for table in ("turns", "events", "calls", "outbox", "schema_version"):
+        for table in ("turns", "events", "calls", "outbox", "outbound", "schema_version"):
             conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
