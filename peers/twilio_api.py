@@ -743,6 +743,25 @@ class TwilioApiPeer:
         return record
 
 
+def caller_connector(peer: TwilioApiPeer, *, max_seconds: float = 300.0) -> StreamConnector:
+    """Put peers/caller.py's simulated caller on a placed call's ``<Stream>`` (a ``wss://``
+    URL is dialled as ``ws://``: a local bridge without TLS), signed with the peer's token and
+    registered so that an update or a hangup ends it, for at most ``max_seconds``."""
+
+    async def connect(call: SimCall, url: str, parameters: Mapping[str, str]) -> None:
+        from peers.caller import TwilioCaller  # the caller's audio stack: only when placing
+
+        caller = TwilioCaller(
+            url.replace("wss://", "ws://", 1), auth_token=peer._auth_token, signed_url=url,
+            custom_parameters=parameters, account_sid=call.account_sid, call_sid=call.sid,
+            record=False, registry=peer,
+        )  # fmt: skip
+        async with caller:
+            await caller.wait_closed(max_seconds)
+
+    return connect
+
+
 def _parse_twiml(text: str) -> ElementTree.Element:
     try:
         root = ElementTree.fromstring(text)
@@ -791,6 +810,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--call-outcome", choices=CALL_OUTCOMES, default="answered")
     parser.add_argument("--answered-by", choices=ANSWERED_BY, default="human")
+    parser.add_argument("--connect-streams", action="store_true",
+                        help="with --place-calls: a simulated caller (peers/caller.py) on each "
+                        "call's <Connect><Stream>")  # fmt: skip
     parser.add_argument("--dump", metavar="FILE", help="write every recorded request here at exit")
     args = parser.parse_args(argv)
     auth_token = args.auth_token or os.environ.get("TWILIO_AUTH_TOKEN")
@@ -811,6 +833,8 @@ def main(argv: list[str] | None = None) -> int:
         call_outcome=args.call_outcome,
         answered_by=args.answered_by,
     )
+    if args.connect_streams:
+        peer.stream_connector = caller_connector(peer)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(peer, args.dump))
     return 0

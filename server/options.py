@@ -372,6 +372,11 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
     except RoutingError as exc:
         raise StartupError(str(exc)) from None
     control = _call_control(args, twilio, key)
+    if control.targets and public_url is None:
+        raise StartupError(
+            "--transfer-target needs --public-url (or PUBLIC_URL): a transfer's <Dial action>,"
+            " which brings the caller back after no answer, must be a URL Twilio can reach"
+        )
     try:
         bridge = BridgeConfig(
             settings=settings,

@@ -7,6 +7,7 @@ Each ``*.toml`` file beside this one breaks one promise on purpose::
     old = '''exact text, found exactly once'''
     new = '''the broken text'''
     killed_by = ["tests/test_x.py::test_y"]
+    needs_env = "TEST_POSTGRES_URL"  # optional: the killers skip without it, so does the check
 
 A mutation is killed when at least one of ``killed_by`` fails with an assertion, not by a hang
 (pytest-timeout) and not by an import or collection error. Usage::
@@ -42,6 +43,7 @@ class Mutation:
     old: str
     new: str
     killed_by: tuple[str, ...]
+    needs_env: str | None = None
 
     def apply(self, root: Path) -> None:
         path = root / self.file
@@ -76,6 +78,7 @@ def load(name: str) -> Mutation:
         old=data["old"],
         new=data["new"],
         killed_by=tuple(data["killed_by"]),
+        needs_env=data.get("needs_env"),
     )
 
 
@@ -141,6 +144,9 @@ def main(argv: list[str]) -> int:
     failed = 0
     for name in argv or names():
         mutation = load(name)
+        if mutation.needs_env and not os.environ.get(mutation.needs_env):
+            print(f"SKIPPED  {name}: needs {mutation.needs_env}")
+            continue
         outcome = check(mutation)
         failed += not outcome.killed
         print(f"{'KILLED  ' if outcome.killed else 'SURVIVED'} {name}: {mutation.promise}")

@@ -271,3 +271,11 @@ def test_demo_subcommand_is_routed(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: python -m server demo"), result.stdout
     assert "--speed" in result.stdout and "--wav" in result.stdout
+
+
+def test_transfer_targets_without_public_url_refuse_to_start(tmp_path: Path) -> None:
+    """Without --public-url a failed transfer could not come back: say so at startup."""
+    args = ["--config", str(CONFIG), "--transfer-target", "front_desk=+15551230000"]
+    result = _run_cli(args, _env(DEEPGRAM_API_KEY="k"), tmp_path)
+    line = _one_error_line(result)
+    assert "--transfer-target needs --public-url" in line and result.returncode == 2

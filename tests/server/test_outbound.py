@@ -16,11 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from websockets.asyncio.client import connect
-
-from peers import twilio_messages
 from peers.agent import LocalAgent
-from peers.twilio_api import SimCall, TwilioApiPeer, sign
+from peers.twilio_api import TwilioApiPeer, caller_connector, sign
 from server.records.store import Database
 from tests.helpers import ACCOUNT_SID
 from tests.server.test_call_control import free_port
@@ -56,25 +53,6 @@ def _form(url: str, form: list[tuple[str, str]], signed: bool = True) -> bytes:
 class Rig:
     def __init__(self, agent: LocalAgent, peer: TwilioApiPeer, port: int, db: Path) -> None:
         self.agent, self.peer, self.port, self.db = agent, peer, port, db
-        self.closed: list[str] = []
-
-    async def connect(self, call: SimCall, url: str, parameters: Any) -> None:
-        """What Twilio does with the TwiML's <Connect><Stream>: a caller on the stream."""
-        headers = {"X-Twilio-Signature": sign(TOKEN, url)}
-        local = url.replace("wss://", "ws://")
-        async with connect(local, additional_headers=headers, compression=None) as ws:
-            async def stop() -> None:
-                with contextlib.suppress(Exception):
-                    await ws.close()
-
-            self.peer.register(call.sid, stop)
-            await ws.send(twilio_messages.connected())
-            stream_sid = "MZ" + call.sid[2:]
-            await ws.send(twilio_messages.start(stream_sid, call.sid, ACCOUNT_SID, parameters))
-            with contextlib.suppress(Exception):
-                async for _ in ws:
-                    pass
-            self.closed.append(call.sid)
 
     def row(self, sid: str) -> dict[str, Any] | None:
         db = Database(str(self.db))
@@ -90,7 +68,7 @@ async def rig(tmp: Path, *flags: str) -> AsyncIterator[Rig]:
     async with fake_agent() as agent:
         peer = TwilioApiPeer(account_sid=ACCOUNT_SID, auth_token=TOKEN, dial_delay=0.05)
         r = Rig(agent, peer, port, db)
-        peer.stream_connector = r.connect
+        peer.stream_connector = caller_connector(peer)  # peers/caller.py on the <Stream>
         async with peer:
             env = _env(DEEPGRAM_API_KEY="k", TWILIO_AUTH_TOKEN=TOKEN,
                        TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_API_URL=peer.url,
@@ -162,7 +140,7 @@ def test_a_machine_gets_the_voicemail_then_a_hangup(tmp_path: Path) -> None:
                 {"type": "InjectAgentMessage", "message": VOICEMAIL, "behavior": "interrupt"}
             ]
             said = time.monotonic()
-            await until(lambda: sid in r.closed, 10, "the hangup")
+            await until(lambda: r.peer.calls[sid].status == "completed", 10, "the hangup")
             assert time.monotonic() - said < 5  # --hangup-grace 0.5: nothing was playing
             await until(lambda: (r.row(sid) or {}).get("outcome") == "voicemail", 5, "record")
             row = r.row(sid)
