@@ -56,5 +56,6 @@ PY
     "server.agent_leg.xǁAgentLegǁbuffered__*"
 "$MUTMUT" run "$@" >mutmut.log 2>&1 || { tail -40 mutmut.log; exit 1; }
 tail -c 200 mutmut.log | tr '\r' '\n' | tail -2
-# the survivors (mutants outside the run are listed as "not checked")
+# the tally, then the survivors (mutants outside the run are "not checked")
+"$MUTMUT" results --all true | grep -v ': not checked$' | awk '{print $NF}' | sort | uniq -c
 "$MUTMUT" results | grep -v ': not checked$' || true
