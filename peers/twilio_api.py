@@ -101,6 +101,8 @@ class RecordedRequest:
     authenticated: bool
     status: int
     user_agent: str | None
+    at: float = 0.0
+    """``time.perf_counter()`` when the request had arrived whole."""
 
     def field(self, name: str) -> str | None:
         """The last value of a form field, or None."""
@@ -423,6 +425,7 @@ class TwilioApiPeer:
     async def _respond(
         self, request: h11.Request, body: bytes
     ) -> tuple[int, list[tuple[str, str]], bytes]:
+        arrived = time.perf_counter()
         headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
         method = request.method.decode()
         path = request.target.decode("latin-1").split("?", 1)[0]
@@ -460,7 +463,7 @@ class TwilioApiPeer:
             }).encode()  # fmt: skip
         user_agent = headers.get("user-agent")
         record = RecordedRequest(
-            method, path, form, content_type, username, authenticated, status, user_agent
+            method, path, form, content_type, username, authenticated, status, user_agent, arrived
         )
         self.requests.append(record)
         log.info("%s %s -> %d", method, path, status)
