@@ -197,9 +197,12 @@ class _TwilioSide:
             if self.caller is not None:
                 figures = self.caller.figures()
                 self.unechoed_at_update = figures.marks_received - figures.marks_echoed
-            if self.echoes:
+            if self.unechoed_at_update == 0 and self.echoes:
                 name, t = self.echoes[-1]
                 self.timeline.say("caller", f"has heard the announcement (mark {name})", at=t)
+            else:
+                unheard = self.unechoed_at_update
+                self.timeline.say("caller", f"has not heard it all: {unheard} marks not echoed")
             if self.update is not None:
                 dial = _dial(self.update.field("Twiml"))
                 self.timeline.say("twilio", f"call updated: {dial}", at=self.update.at)
