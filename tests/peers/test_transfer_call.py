@@ -31,6 +31,7 @@ def test_the_agent_transfers_on_turn_n_and_the_call_is_dialled_after_the_announc
         port = free_port()
         agent = LocalAgent(transfer_after_utterances=1, pace=2 * speed, idle_timeout=30)
         peer = TwilioApiPeer(account_sid=ACCOUNT_SID, auth_token=TOKEN)
+        echoes: list[float] = []
         async with agent, peer:
             env = {"TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_API_URL": peer.url}
             async with running_server(
@@ -42,6 +43,7 @@ def test_the_agent_transfers_on_turn_n_and_the_call_is_dialled_after_the_announc
                     f"ws://127.0.0.1:{port}/media-stream", auth_token=TOKEN,
                     signed_url=f"wss://127.0.0.1:{port}/media-stream", speed=speed,
                     account_sid=ACCOUNT_SID, registry=peer,
+                    on_mark=lambda name, t: echoes.append(t),
                 )  # fmt: skip
                 async with caller:
                     assert await caller.wait_agent_speaking(10)  # the greeting
@@ -59,9 +61,10 @@ def test_the_agent_transfers_on_turn_n_and_the_call_is_dialled_after_the_announc
         updates = [r for r in peer.requests if r.path.endswith(f"/Calls/{caller.call_sid}.json")]
         (update,) = updates
         assert update.authenticated and f">{FRONT_DESK}</Dial>" in (update.field("Twiml") or "")
-        # The announcement reached the caller and had played to its last mark by then.
-        assert caller.bytes_received > heard_greeting
+        # The whole announcement reached the caller and had played to its last mark by then.
+        assert caller.bytes_received - heard_greeting == len(agent.transfer_audio)
         assert caller.marks_received == len(caller.marks_echoed)
+        assert echoes and echoes[-1] < update.at
         assert caller.closed_by == "caller" and caller.figures().violations == ()
         (dial,) = peer.dials
         assert dial.targets == (FRONT_DESK,)
