@@ -7,10 +7,12 @@ import asyncio
 import json
 import socket
 
+import httpx
+
 from peers.agent import TRANSFER_TEXT, LocalAgent
 from peers.audio import load_clip
 from peers.caller import TwilioCaller
-from peers.twilio_api import TwilioApiPeer
+from peers.twilio_api import TwilioApiPeer, caller_connector
 from tests.server_support import running_server
 
 TOKEN = "tok-" + "tr4nsf3r" * 4
@@ -70,3 +72,36 @@ def test_the_agent_transfers_on_turn_n_and_the_call_is_dialled_after_the_announc
         assert dial.targets == (FRONT_DESK,)
 
     asyncio.run(asyncio.wait_for(main(), 40))
+
+
+def test_a_placed_call_whose_caller_speaks_is_transferred_by_the_agent() -> None:
+    """``python -m peers.twilio_api --place-calls --connect-streams --caller-says CLIP``: the
+    by-hand transfer of docs/call-control.md, with the call created on the peer directly."""
+
+    async def main() -> None:
+        port = free_port()
+        agent = LocalAgent(transfer_after_utterances=1, idle_timeout=30)
+        peer = TwilioApiPeer(account_sid=ACCOUNT_SID, auth_token=TOKEN, place_calls=True)
+        peer.stream_connector = caller_connector(peer, says=load_clip("caller-hello"))
+        async with agent, peer:
+            env = {"TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_API_URL": peer.url}
+            async with running_server(
+                "--port", str(port), "--public-url", f"http://127.0.0.1:{port}",
+                "--records", "none", "--transfer-target", f"front_desk={FRONT_DESK}",
+                agent=agent, env=env,
+            ):  # fmt: skip
+                async with httpx.AsyncClient(trust_env=False) as client:
+                    created = await client.post(
+                        f"{peer.url}/2010-04-01/Accounts/{ACCOUNT_SID}/Calls.json",
+                        data={"To": "+15550100", "From": "+15550199",
+                              "Url": f"http://127.0.0.1:{port}/incoming-call"},
+                        auth=(ACCOUNT_SID, TOKEN),
+                    )  # fmt: skip
+                assert created.status_code == 201
+                assert await peer.wait_until(lambda: bool(peer.dials), 30), peer.dump()
+        (dial,) = peer.dials
+        assert dial.targets == (FRONT_DESK,) and dial.call_sid == created.json()["sid"]
+        (response,) = agent.sessions[0].function_call_responses
+        assert response["name"] == "transfer_call"
+
+    asyncio.run(asyncio.wait_for(main(), 45))
