@@ -26,6 +26,9 @@ def _frames(*messages: str | bytes) -> bytes:
     return bytes(out)
 
 
+CLOSE = bytes(Connection(ConnectionType.CLIENT).send(CloseConnection(code=1009)))
+
+
 def _refused(peer: WsPeer, limit: int) -> None:
     assert peer.error == (1009, f"message over {limit} bytes")
     reply = Connection(ConnectionType.CLIENT)
@@ -55,7 +58,14 @@ def test_a_whole_message_at_the_limit_passes_and_one_byte_more_is_refused(
     peer = WsPeer(b"", max_message=limit)
     assert peer.feed(_frames(over)) == []
     _refused(peer, limit)
-    assert peer.feed(_frames(at)) == []  # nothing is taken after the refusal
+    # nothing is taken after the refusal, and the peer's close behind it completes the close
+    assert peer.feed(_frames(at) + CLOSE) == []
+    assert peer.done and peer.close_code == 1009
+    # the same with a message before, the oversized one, the next one and the close in one read
+    peer = WsPeer(b"", max_message=limit)
+    assert peer.feed(_frames(at, over, at) + CLOSE) == [at]
+    assert peer.error == (1009, f"message over {limit} bytes")
+    assert peer.done and peer.close_code == 1009
 
 
 def test_multibyte_text_within_the_limit_in_characters_but_not_in_bytes() -> None:
@@ -72,10 +82,12 @@ def test_fragmented_message_at_the_limit_passes_and_one_byte_more_is_refused() -
     )
     peer = WsPeer(b"", max_message=1000)
     assert peer.feed(bytes(parts)) == [b"x" * 1000]
+    assert peer.feed(bytes(parts)) == [b"x" * 1000]  # the count starts again at 0
     assert peer.error is None
     peer = WsPeer(b"", max_message=999)
-    assert peer.feed(bytes(parts)) == []
-    _refused(peer, 999)
+    assert peer.feed(bytes(parts) + CLOSE) == []  # the close behind it is still read
+    assert peer.error == (1009, "message over 999 bytes")
+    assert peer.done and peer.close_code == 1009
 
 
 def test_twilios_frames_never_reach_wsproto(monkeypatch: pytest.MonkeyPatch) -> None:
