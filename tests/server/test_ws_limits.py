@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 from wsproto.connection import Connection, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Event, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
 
 from server.ws import MaskPool, WsPeer, encode_client_frame, encode_text_frame
 
@@ -154,3 +154,35 @@ def test_mask_pool_cuts_keys_from_one_read_per_batch(monkeypatch: pytest.MonkeyP
 
 def urandom_bytes(seed: int, n: int) -> bytes:
     return bytes((seed + i) % 256 for i in range(n))
+
+
+def test_wsproto_is_given_whole_frames_and_the_fast_path_resumes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Control frames and fragments go to wsproto one whole frame at a time (so it never holds
+    # a partial frame); the next simple frame is decoded on the fast path again.
+    seen: list[bytes] = []
+    real = Connection.receive_data
+
+    def receive_data(self: Connection, data: bytes | None) -> None:
+        if data:
+            seen.append(bytes(data))
+        real(self, data)
+
+    client = Connection(ConnectionType.CLIENT)
+    frames = [
+        bytes(client.send(Ping(payload=b"p" * 10))),
+        bytes(client.send(TextMessage(data="a" * 200, message_finished=False))),
+        bytes(client.send(Ping(payload=b""))),
+        bytes(client.send(TextMessage(data="b" * 3, message_finished=True))),
+        bytes(client.send(Pong(payload=b"q"))),
+    ]
+    simple = bytes(client.send(TextMessage(data="c" * 130)))
+    monkeypatch.setattr(Connection, "receive_data", receive_data)
+    peer = WsPeer(b"", max_message=1000)
+    assert peer.feed(b"".join(frames) + simple) == ["a" * 200 + "bbb", "c" * 130]
+    assert seen == frames
+    close = bytes(client.send(CloseConnection(code=1000, reason="bye")))
+    assert peer.feed(close + simple) == []  # nothing after the close
+    assert seen == [*frames, close]
+    assert (peer.close_code, peer.close_reason, peer.remote_closed) == (1000, "bye", True)
