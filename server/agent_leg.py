@@ -3,7 +3,9 @@
 It mirrors the Twilio leg. The connection is opened with ``loop.create_connection`` (TLS
 with the default context, so certificates and the host name are checked, for ``wss://``),
 and the handshake carries ``Authorization: Token <key>`` and our ``User-Agent``. Each read
-goes to the protocol object. The events come back in order: the handshake response becomes
+goes through the frame path (:meth:`AgentLeg.data_received`): whole unmasked FIN text and
+binary frames are decoded there, and every other frame goes to the protocol object, in stream
+order. The events come back in order: the handshake response becomes
 ``agent_connected``, and every whole text or binary message becomes ``agent_message``, in
 the same callback, through the narrow :class:`AgentEvents` interface. Each
 :meth:`AgentLeg.send` frames and writes at once. :attr:`AgentLeg.buffered` is what the

@@ -5,6 +5,7 @@ same messages, the same frames sent back (pongs, closes) and the same close as w
 from __future__ import annotations
 
 import asyncio
+import itertools
 import struct
 from typing import Any
 
@@ -113,9 +114,7 @@ async def open_leg(limit: int = LIMIT) -> tuple[AgentLeg, Transport, Recorder, b
 
     loop.create_connection = connect  # type: ignore[method-assign]
     call = Recorder()
-    leg = AgentLeg(
-        call, URL, "key", connect_timeout=5, max_message_bytes=limit, close_timeout=5
-    )
+    leg = AgentLeg(call, URL, "key", connect_timeout=5, max_message_bytes=limit, close_timeout=5)
     while not transport.out:
         await asyncio.sleep(0)
     server = ServerProtocol()
@@ -198,7 +197,7 @@ def through_the_leg(
         leg, transport, call, handshake = await open_leg(limit)
         stream = handshake + b"".join(frames)
         edges = [0, *sorted(cut % (len(stream) + 1) for cut in cuts), len(stream)]
-        for start, end in zip(edges, edges[1:], strict=False):
+        for start, end in itertools.pairwise(edges):
             if start < end:
                 leg.data_received(stream[start:end])
         if eof:
@@ -231,9 +230,9 @@ GOOD = st.one_of(
     st.builds(lambda p: frame(0x9, p), st.binary(max_size=20)),  # ping
     st.builds(lambda p: frame(0xA, p), st.binary(max_size=20)),  # pong
     st.builds(  # a fragmented text message with a ping in the middle
-        lambda a, b, ping: frame(0x1, a, fin=False)
-        + (frame(0x9, b"p") if ping else b"")
-        + frame(0x0, b, fin=True),
+        lambda a, b, ping: (
+            frame(0x1, a, fin=False) + (frame(0x9, b"p") if ping else b"") + frame(0x0, b, fin=True)
+        ),
         texts,
         texts,
         st.booleans(),
