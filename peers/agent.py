@@ -45,6 +45,9 @@ ERROR_CLOSE_CODE = 1000
 """Deepgram documents no close codes for the agent API; the Error message is the authority."""
 GOODBYE_TEXT = "Thank you for calling. Goodbye!"
 REPLY_TEXT = "I understand. Could you tell me a little more about that?"
+TRANSFER_TEXT = "I'm connecting you to the front desk."
+TRANSFER_FAILED_TEXT = "I'm sorry, I can't connect you right now. How else can I help?"
+TRANSFER_REASON = "the caller asked for the front desk"
 TIMEOUT_DESCRIPTION = (
     "We waited too long for a websocket message. "
     "Please ensure that you're sending binary messages containing user speech."
@@ -526,7 +529,8 @@ class AgentSession:
         spoken = self.audio[self._vad_origin + start : self._vad_origin + end]
         await self._user_turn(f"(caller spoke for {seconds:.1f} s)")
         hang_up = self.utterances == self.agent.hangup_after_utterances
-        self._start_speech(self._respond(hang_up, bytes(spoken), call_id))
+        transfer = self.utterances == self.agent.transfer_after_utterances
+        self._start_speech(self._respond(hang_up, bytes(spoken), call_id, transfer=transfer))
 
     async def _on_settings(self, message: dict[str, Any]) -> None:
         if self.settings is not None:
@@ -727,13 +731,21 @@ class AgentSession:
         await self._history("user", content)
 
     async def _respond(
-        self, hang_up: bool, spoken: bytes | None, call_id: str | None = None
+        self,
+        hang_up: bool,
+        spoken: bytes | None,
+        call_id: str | None = None,
+        *,
+        transfer: bool = False,
     ) -> None:
         await self.send_json({"type": "AgentThinking", "content": "Thinking about a reply."})
         if self.agent.think_delay > 0:
             await asyncio.sleep(self.agent.think_delay)
         if hang_up:
             await self._end_call(call_id)
+            return
+        if transfer and self._function("transfer_call") is not None:
+            await self._transfer()
             return
         agent = self.agent
         if agent.call_functions:
@@ -759,7 +771,23 @@ class AgentSession:
         await self._history("assistant", REPLY_TEXT)
 
     def _end_call_function(self) -> dict[str, Any] | None:
-        return next((f for f in _functions(self._think) if f["name"] == "end_call"), None)
+        return self._function("end_call")
+
+    def _function(self, name: str) -> dict[str, Any] | None:
+        return next((f for f in _functions(self._think) if f["name"] == name), None)
+
+    async def _transfer(self) -> None:
+        """Ask the client to run ``transfer_call`` for ``transfer_target``, then say what its
+        result means, as a real agent speaks after a function result."""
+        arguments = {"target": self.agent.transfer_target, "reason": TRANSFER_REASON}
+        results = await self.request_functions([{"name": "transfer_call", "arguments": arguments}])
+        try:
+            ok = all(json.loads(content).get("ok") is True for content in results.values())
+        except (ValueError, AttributeError):
+            ok = False
+        text = TRANSFER_TEXT if ok else TRANSFER_FAILED_TEXT
+        await self._speak(text, self.agent.transfer_audio)
+        await self._history("assistant", text)
 
     async def _dispatch_end_call(self) -> str:
         call_id = f"fc_{uuid.uuid4()}"
@@ -894,7 +922,9 @@ class LocalAgent:
     ``pace`` (replies are sent this many times faster than real time, like Deepgram's bursts);
     ``idle_timeout``; ``settings_delay`` (time to "apply" Settings, during which early audio is
     counted); ``think_delay``; ``hangup_cue`` (text in an InjectUserMessage that ends the call);
-    ``hangup_after_utterances`` (end the call on the Nth caller turn); VAD tuning;
+    ``hangup_after_utterances`` (end the call on the Nth caller turn);
+    ``transfer_after_utterances`` (on the Nth caller turn, call ``transfer_call`` for
+    ``transfer_target`` if the Settings declare it, then announce the transfer); VAD tuning;
     ``agent_started_speaking`` (send that message); ``record_audio`` (keep received audio);
     ``on_audio``/``on_sent`` bench hooks, see :data:`AudioHook`.
 
@@ -931,6 +961,8 @@ class LocalAgent:
         think_delay: float = 0.2,
         hangup_cue: str = "#",
         hangup_after_utterances: int | None = None,
+        transfer_after_utterances: int | None = None,
+        transfer_target: str = "front_desk",
         vad_threshold: float = 300.0,
         vad_end_ms: int = 600,
         agent_started_speaking: bool = True,
@@ -973,6 +1005,8 @@ class LocalAgent:
         self.think_delay = think_delay
         self.hangup_cue = hangup_cue
         self.hangup_after_utterances = hangup_after_utterances
+        self.transfer_after_utterances = transfer_after_utterances
+        self.transfer_target = transfer_target
         self.vad_threshold = vad_threshold
         self.vad_end_ms = vad_end_ms
         self.agent_started_speaking = agent_started_speaking
@@ -993,6 +1027,7 @@ class LocalAgent:
         self.reply_audio = load_clip("agent-reply")
         self.tone_audio = b"".join(tone(f, 400) for f in (523.25, 659.25, 783.99)) * 2
         self.goodbye_audio = tone(783.99, 500) + tone(659.25, 500) + tone(523.25, 500)
+        self.transfer_audio = tone(523.25, 400) + tone(783.99, 600)
         loop_audio = self.greeting_audio + self.reply_audio
         self.continuous_chunks = tuple(
             loop_audio[i : i + self.chunk_bytes]
@@ -1079,6 +1114,12 @@ def agent_from_argv(argv: list[str] | None = None) -> LocalAgent:
     parser.add_argument("--pace", type=float, default=2.0, help="reply speed vs real time")
     parser.add_argument("--idle-timeout", type=float, default=10.0)
     parser.add_argument("--hangup-after", type=int, metavar="N", help="end the call on turn N")
+    parser.add_argument(
+        "--transfer-after", type=int, metavar="N", help="call transfer_call on turn N"
+    )
+    parser.add_argument(
+        "--transfer-target", default="front_desk", metavar="NAME", help="the transfer's target"
+    )
     parser.add_argument("--lenient", action="store_true", help="skip the v1 schema checks")
     parser.add_argument(
         "--speculative", action="store_true", help="dispatch end_call before the turn is confirmed"
@@ -1129,6 +1170,8 @@ def build_agent(args: argparse.Namespace, api_key: str | None) -> LocalAgent:
         pace=args.pace,
         idle_timeout=args.idle_timeout,
         hangup_after_utterances=args.hangup_after,
+        transfer_after_utterances=args.transfer_after,
+        transfer_target=args.transfer_target,
         strict=not args.lenient,
         speculative=args.speculative,
         refuse_injections=args.refuse_injections,

@@ -50,6 +50,8 @@ MediaHook = Callable[[bytes, float], None]
 """``on_media(payload, t)``: every media payload received, ``t = time.perf_counter()``."""
 FrameHook = Callable[[int, bytes], bytes]
 """``frame_hook(chunk, payload) -> payload``: rewrites each outgoing frame right before sending."""
+MarkHook = Callable[[str, float], None]
+"""``on_mark(name, t)``: a mark is echoed (it has played out), ``t = time.perf_counter()``."""
 
 
 class StreamRegistry(Protocol):
@@ -295,6 +297,7 @@ class TwilioCaller:
         start_delay: float = 0.0,
         record: bool = True,
         on_media: MediaHook | None = None,
+        on_mark: MarkHook | None = None,
         frame_hook: FrameHook | None = None,
         open_timeout: float = 10.0,
         opening: bytes | None = None,
@@ -322,6 +325,7 @@ class TwilioCaller:
         self.start_delay = start_delay
         self.record = record
         self.on_media = on_media
+        self.on_mark = on_mark
         self.frame_hook = frame_hook
         self.open_timeout = open_timeout
         self.opening = opening
@@ -626,6 +630,8 @@ class TwilioCaller:
         while pending and pending[0][1] <= self._consumed:
             name = pending.popleft()[0]
             self.marks_echoed.append(name)
+            if self.on_mark is not None:
+                self.on_mark(name, time.perf_counter())
             sequence = self._next_sequence()
             await self._send(twilio_messages.mark(name, self.stream_sid, sequence=sequence))
 

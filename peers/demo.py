@@ -1,10 +1,14 @@
-"""``python -m server demo``: one whole phone call on loopback, with no key and no network.
+"""``python -m server demo``: two whole phone calls on loopback, with no key and no network.
 
 Three real programs talk over real WebSockets on 127.0.0.1: the bridge server, the local
 Deepgram-protocol agent and the Twilio caller simulator. The caller plays shipped speech
 clips; the agent greets, answers, is interrupted, and ends the call with the ``end_call``
 tool. The timeline is printed as it happens, then a summary, and what the caller heard is
 written to ``demo-call.wav``.
+
+In the second call the caller asks for the front desk: the agent calls ``transfer_call`` and
+announces it, and once the caller has heard the announcement the bridge updates the call with
+``<Dial>`` through the local Twilio REST peer (:mod:`.twilio_api`), which ends the stream.
 
 This module drives the peers only: the bridge comes from a :data:`StartBridge` callable that
 the bridge's own entry point passes in (``server/local.py``), so any bridge can be demonstrated.
@@ -19,23 +23,43 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import NamedTuple
+from xml.etree import ElementTree
 
 from .agent import LocalAgent
 from .audio import BYTES_PER_MS, load_clip
-from .caller import TwilioCaller
+from .caller import StreamRegistry, TwilioCaller
+from .twilio_api import RecordedRequest, TwilioApiPeer
 
 PARAMETERS = {"From": "+15550100", "To": "+15550199", "CallSid": "CA-demo"}
+FRONT_DESK = "+15550123"
+DEMO_ACCOUNT_SID = "AC" + "de30" * 8
+DEMO_AUTH_TOKEN = "demo-auth-token-not-a-secret"
+UPDATE_WAIT = 15.0
+"""Wall-clock seconds the transfer call waits for the update once the announcement plays."""
+
+
+class Transfer(NamedTuple):
+    """What a bridge needs to transfer calls through the local REST peer (demo values)."""
+
+    target: str
+    number: str
+    api_url: str
+    account_sid: str
+    auth_token: str
 
 
 class RunningBridge(NamedTuple):
-    """A bridge the demo started: where its media stream listens, and how to stop it."""
+    """A bridge the demo started: where its media stream listens, and how to stop it; with
+    a transfer, the public ``wss://`` URL Twilio signs the stream's upgrade for."""
 
     url: str
     stop: Callable[[], Awaitable[None]]
+    signed_url: str | None = None
 
 
-StartBridge = Callable[[str], Awaitable[RunningBridge]]
-"""``start(agent_url)``: start a bridge whose agent is at ``agent_url``, once it listens."""
+StartBridge = Callable[[str, Transfer | None], Awaitable[RunningBridge]]
+"""``start(agent_url, transfer)``: start a bridge whose agent is at ``agent_url`` (able to
+transfer calls as ``transfer`` says, if given), once it listens."""
 
 
 class Timeline:
@@ -44,8 +68,10 @@ class Timeline:
     def __init__(self) -> None:
         self.origin = time.perf_counter()
 
-    def say(self, who: str, text: str) -> None:
-        print(f"[{time.perf_counter() - self.origin:6.2f}s] {who:<7} {text}", flush=True)
+    def say(self, who: str, text: str, at: float | None = None) -> None:
+        """Print now; ``at`` (``time.perf_counter()``) stamps something that already happened."""
+        when = (time.perf_counter() if at is None else at) - self.origin
+        print(f"[{when:6.2f}s] {who:<7} {text}", flush=True)
 
 
 class _BridgeLog(logging.Handler):
@@ -145,9 +171,167 @@ def summary(caller: TwilioCaller, agent: LocalAgent, wav: Path, seconds: float) 
     return "\n".join(lines)
 
 
+class _TwilioSide:
+    """The caller's stream in the REST peer's hands (a ``StreamRegistry``). When a call update
+    ends it, that is the moment to check what the caller had heard: every mark it was sent
+    must have been echoed before the update arrived."""
+
+    def __init__(self, peer: TwilioApiPeer, timeline: Timeline) -> None:
+        self.peer = peer
+        self.timeline = timeline
+        self.caller: TwilioCaller | None = None
+        self.echoes: list[tuple[str, float]] = []
+        """Every mark the caller echoed, with ``time.perf_counter()``."""
+        self.update: RecordedRequest | None = None
+        self.unechoed_at_update: int | None = None
+        """Marks the caller had been sent but not echoed when the update ended its stream."""
+
+    def on_mark(self, name: str, t: float) -> None:
+        self.echoes.append((name, t))
+
+    def register(self, call_sid: str, stop: Callable[[], Awaitable[None]]) -> None:
+        async def stop_after_update() -> None:
+            self.update = next((r for r in reversed(self.peer.requests)
+                                if r.method == "POST" and r.path.endswith(f"/{call_sid}.json")),
+                               None)  # fmt: skip
+            if self.caller is not None:
+                figures = self.caller.figures()
+                self.unechoed_at_update = figures.marks_received - figures.marks_echoed
+            if self.unechoed_at_update == 0 and self.echoes:
+                name, t = self.echoes[-1]
+                self.timeline.say("caller", f"has heard the announcement (mark {name})", at=t)
+            else:
+                unheard = self.unechoed_at_update
+                self.timeline.say("caller", f"has not heard it all: {unheard} marks not echoed")
+            if self.update is not None:
+                dial = _dial(self.update.field("Twiml"))
+                self.timeline.say("twilio", f"call updated: {dial}", at=self.update.at)
+            await stop()
+
+        self.peer.register(call_sid, stop_after_update)
+
+    def unregister(self, call_sid: str) -> None:
+        self.peer.unregister(call_sid)
+
+    def heard_before_update(self) -> bool:
+        """Whether every mark had been echoed, the last one before the update arrived."""
+        update, echoes = self.update, self.echoes
+        return (
+            update is not None
+            and self.unechoed_at_update == 0
+            and bool(echoes)
+            and echoes[-1][1] < update.at
+        )
+
+
+def _dial(twiml: str | None) -> str:
+    """``<Dial>NUMBER</Dial>`` of an update's TwiML, or what it was instead."""
+    try:
+        dial = ElementTree.fromstring(twiml or "").find("Dial")
+    except ElementTree.ParseError:
+        dial = None
+    if dial is None:
+        return f"no <Dial> in {twiml!r}"
+    return f"<Dial>{(dial.text or '').strip()}</Dial>"
+
+
+async def run_transfer_call(caller: TwilioCaller, timeline: Timeline) -> None:
+    """The second script: greeting, the caller asks for the front desk, the announcement,
+    and the line is closed by Twilio once the bridge has updated the call."""
+    if await _within(caller.wait_agent_speaking(10), timeline, "the greeting"):
+        timeline.say("caller", "hears the agent: the greeting")
+        await _within(caller.wait_agent_silent(30, quiet=0.6), timeline, "the greeting to end")
+    clip = load_clip("caller-hello")
+    timeline.say("caller", f"asks for the front desk ({len(clip) / BYTES_PER_MS / 1000:.1f} s)")
+    await caller.play(clip, "front desk")
+    if await _within(caller.wait_agent_speaking(10), timeline, "the announcement"):
+        timeline.say("caller", "hears the announcement")
+    if await _within(caller.wait_closed(UPDATE_WAIT), timeline, "the call update"):
+        timeline.say("caller", f"line closed by Twilio after the update: {caller.close_reason}")
+    else:
+        await caller.hangup()
+
+
+async def transfer_demo(start_bridge: StartBridge, timeline: Timeline, speed: float) -> bool:
+    """The transfer call, then its summary; True if every check held."""
+    print(flush=True)
+    timeline.origin = time.perf_counter()
+    agent = LocalAgent(transfer_after_utterances=1, idle_timeout=30)
+    peer = TwilioApiPeer(account_sid=DEMO_ACCOUNT_SID, auth_token=DEMO_AUTH_TOKEN)
+    twilio = _TwilioSide(peer, timeline)
+    async with agent, peer:
+        transfer = Transfer("front_desk", FRONT_DESK, peer.url, DEMO_ACCOUNT_SID, DEMO_AUTH_TOKEN)
+        bridge = await start_bridge(agent.url, transfer)
+        timeline.say(
+            "demo",
+            f"second call: bridge at {bridge.url}, Twilio REST peer at {peer.url}, "
+            f"transfer target front_desk={FRONT_DESK}; calling...",
+        )
+        registry: StreamRegistry = twilio
+        caller = TwilioCaller(
+            bridge.url, auth_token=DEMO_AUTH_TOKEN, signed_url=bridge.signed_url,
+            custom_parameters=PARAMETERS, speed=speed, account_sid=DEMO_ACCOUNT_SID,
+            on_mark=twilio.on_mark, registry=registry, record=False,
+        )  # fmt: skip
+        twilio.caller = caller
+        try:
+            async with caller:
+                await run_transfer_call(caller, timeline)
+            # The dial is answered; Twilio then asks the action URL what comes next.
+            await peer.wait_until(lambda: any(c.kind == "dial-action" for c in peer.callbacks), 5)
+        finally:
+            await bridge.stop()
+    print(transfer_summary(caller, agent, twilio, timeline.origin), flush=True)
+    update = twilio.update
+    dialled = update is not None and _dial(update.field("Twiml")) == f"<Dial>{FRONT_DESK}</Dial>"
+    ok_update = update is not None and update.authenticated and update.status == 200
+    return (
+        not caller.figures().violations
+        and ok_update
+        and dialled
+        and twilio.heard_before_update()
+        and caller.closed_by == "caller"  # Twilio (the peer) ended the stream, not the bridge
+    )
+
+
+def transfer_summary(
+    caller: TwilioCaller, agent: LocalAgent, twilio: _TwilioSide, origin: float
+) -> str:
+    """The transfer call's figures; times in seconds on the timeline (from ``origin``)."""
+    figures = caller.figures()
+    session = agent.sessions[0] if agent.sessions else None
+    tools = ", ".join(
+        f"{r.get('name')} -> {r.get('content')}"
+        for r in (session.function_call_responses if session else [])
+    )
+    update, echo = twilio.update, twilio.echoes[-1] if twilio.echoes else None
+    heard = "-" if echo is None else f"{echo[1] - origin:.2f} s (mark {echo[0]})"
+    updated = "-"
+    if update is not None:
+        updated = f"{update.at - origin:.2f} s: {_dial(update.field('Twiml'))}"
+        if echo is not None:
+            updated += f", {(update.at - echo[1]) * 1000:.0f} ms after the last mark echo"
+    action = next((c for c in twilio.peer.callbacks if c.kind == "dial-action"), None)
+    rows = [
+        ("tool calls", tools or "-"),
+        ("announcement heard (last mark echoed)", heard),
+        ("call update arrived", updated),
+        ("marks not echoed at the update", str(twilio.unechoed_at_update)),
+        ("dial action", "-" if action is None else f"{action.status} {action.body.strip()}"),
+        ("how the stream ended", f"closed by the {figures.closed_by}, code {figures.close_code}"),
+        ("Twilio protocol violations", str(len(figures.violations))),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = ["", "transfer summary", "-" * (width + 40)]
+    lines += [f"{name:<{width}}  {value}" for name, value in rows]
+    lines += [f"  violation: {v}" for v in figures.violations]
+    return "\n".join(lines)
+
+
 async def demo(start_bridge: StartBridge, wav: Path, speed: float, bridge_logger: str) -> int:
-    """One call through the bridge ``start_bridge`` starts; its ``bridge_logger`` INFO lines
-    join the timeline. 0 if Twilio saw no violation, the bridge hung up and no audio came early.
+    """Two calls through bridges ``start_bridge`` starts; their ``bridge_logger`` INFO lines
+    join the timeline. 0 if Twilio saw no violation, the bridge hung up the first call, no
+    audio came early, and the second call was transferred only after the caller heard why.
     """
     timeline = Timeline()
     logging.getLogger("websockets").setLevel(logging.CRITICAL)
@@ -159,7 +343,7 @@ async def demo(start_bridge: StartBridge, wav: Path, speed: float, bridge_logger
     agent = LocalAgent(hangup_after_utterances=4, idle_timeout=30)
     await agent.start()
     try:
-        bridge = await start_bridge(agent.url)
+        bridge = await start_bridge(agent.url, None)
         timeline.say("demo", f"bridge at {bridge.url}, local agent at {agent.url}; calling...")
         caller = TwilioCaller(bridge.url, custom_parameters=PARAMETERS, speed=speed)
         try:
@@ -174,7 +358,8 @@ async def demo(start_bridge: StartBridge, wav: Path, speed: float, bridge_logger
     print(summary(caller, agent, wav, seconds), flush=True)
     early = agent.sessions[0].audio_before_settings_applied if agent.sessions else 0
     ok = not caller.figures().violations and caller.closed_by == "bridge" and early == 0
-    return 0 if ok else 1
+    transferred = await transfer_demo(start_bridge, timeline, speed)
+    return 0 if ok and transferred else 1
 
 
 def main(argv: list[str] | None, start_bridge: StartBridge, bridge_logger: str) -> int:

@@ -101,6 +101,8 @@ class RecordedRequest:
     authenticated: bool
     status: int
     user_agent: str | None
+    at: float = 0.0
+    """``time.perf_counter()`` when the request had arrived whole."""
 
     def field(self, name: str) -> str | None:
         """The last value of a form field, or None."""
@@ -423,6 +425,7 @@ class TwilioApiPeer:
     async def _respond(
         self, request: h11.Request, body: bytes
     ) -> tuple[int, list[tuple[str, str]], bytes]:
+        arrived = time.perf_counter()
         headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
         method = request.method.decode()
         path = request.target.decode("latin-1").split("?", 1)[0]
@@ -460,7 +463,7 @@ class TwilioApiPeer:
             }).encode()  # fmt: skip
         user_agent = headers.get("user-agent")
         record = RecordedRequest(
-            method, path, form, content_type, username, authenticated, status, user_agent
+            method, path, form, content_type, username, authenticated, status, user_agent, arrived
         )
         self.requests.append(record)
         log.info("%s %s -> %d", method, path, status)
@@ -743,10 +746,13 @@ class TwilioApiPeer:
         return record
 
 
-def caller_connector(peer: TwilioApiPeer, *, max_seconds: float = 300.0) -> StreamConnector:
+def caller_connector(
+    peer: TwilioApiPeer, *, max_seconds: float = 300.0, says: bytes | None = None
+) -> StreamConnector:
     """Put peers/caller.py's simulated caller on a placed call's ``<Stream>`` (a ``wss://``
     URL is dialled as ``ws://``: a local bridge without TLS), signed with the peer's token and
-    registered so that an update or a hangup ends it, for at most ``max_seconds``."""
+    registered so that an update or a hangup ends it, for at most ``max_seconds``. With
+    ``says`` (mu-law audio) the caller speaks it once the agent's greeting has played."""
 
     async def connect(call: SimCall, url: str, parameters: Mapping[str, str]) -> None:
         from peers.caller import TwilioCaller  # the caller's audio stack: only when placing
@@ -757,6 +763,9 @@ def caller_connector(peer: TwilioApiPeer, *, max_seconds: float = 300.0) -> Stre
             record=False, registry=peer,
         )  # fmt: skip
         async with caller:
+            if says is not None and await caller.wait_agent_speaking(10):
+                await caller.wait_agent_silent(30, quiet=0.6)
+                await caller.play(says, "says")
             await caller.wait_closed(max_seconds)
 
     return connect
@@ -813,6 +822,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connect-streams", action="store_true",
                         help="with --place-calls: a simulated caller (peers/caller.py) on each "
                         "call's <Connect><Stream>")  # fmt: skip
+    parser.add_argument("--caller-says", metavar="CLIP",
+                        help="with --connect-streams: the caller speaks this shipped clip (e.g. "
+                        "caller-hello) after the agent's greeting")  # fmt: skip
     parser.add_argument("--dump", metavar="FILE", help="write every recorded request here at exit")
     args = parser.parse_args(argv)
     auth_token = args.auth_token or os.environ.get("TWILIO_AUTH_TOKEN")
@@ -833,8 +845,18 @@ def main(argv: list[str] | None = None) -> int:
         call_outcome=args.call_outcome,
         answered_by=args.answered_by,
     )
+    if args.caller_says and not args.connect_streams:
+        parser.error("--caller-says needs --connect-streams")
     if args.connect_streams:
-        peer.stream_connector = caller_connector(peer)
+        says = None
+        if args.caller_says:
+            from peers.audio import load_clip  # the caller's audio stack: only when placing
+
+            try:
+                says = load_clip(args.caller_says)
+            except FileNotFoundError as exc:
+                parser.error(str(exc))
+        peer.stream_connector = caller_connector(peer, says=says)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(peer, args.dump))
     return 0

@@ -296,9 +296,9 @@ def _load_env_file(path: str) -> None:
 def _run_demo(argv: list[str]) -> int:
     from server.local import RunningBridge, run_demo  # loads the peers: only here
 
-    async def start_server(options: ServerOptions) -> RunningBridge:
+    async def start_server(options: ServerOptions, sock: socket.socket | None) -> RunningBridge:
         server = Server(options)
-        await server.start()
+        await server.start(sock)
         return RunningBridge(f"ws://127.0.0.1:{server.port}/media-stream", server.shutdown)
 
     return run_demo(argv, start_server)

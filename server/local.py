@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -15,10 +17,12 @@ from typing import Any
 
 from peers import demo
 from peers.agent import LocalAgent
-from sansio import BridgeConfig
-from server.options import ServerOptions, load_settings_file
+from sansio import BridgeConfig, CallControl
+from server import handoff
+from server.options import PublicURL, ServerOptions, load_settings_file
 from server.records.cli import render
 from server.records.store import Database
+from server.twilio_rest import TwilioCredentials
 
 StartBridge = demo.StartBridge
 RunningBridge = demo.RunningBridge
@@ -40,36 +44,62 @@ def default_settings() -> dict[str, Any]:
     return settings
 
 
-def demo_options(agent_url: str, records: Path, audio: Path | None) -> ServerOptions:
-    """The bridge of ``python -m server demo``: loopback, any port, the local agent."""
+def demo_options(
+    agent_url: str,
+    records: Path,
+    audio: Path | None,
+    transfer: demo.Transfer | None = None,
+    port: int = 0,
+) -> ServerOptions:
+    """The bridge of ``python -m server demo``: loopback, the local agent; with ``transfer``,
+    on ``port`` (its public URL: the bridge itself), with the REST peer's demo credentials,
+    which also sign Twilio's requests and the transfer's action URL, as TWILIO_AUTH_TOKEN does."""
+    settings = default_settings()
+    if transfer is None:
+        bridge, twilio, token, public = BridgeConfig(settings=settings), None, None, None
+    else:
+        token = transfer.auth_token
+        control = CallControl(
+            targets={transfer.target: transfer.number}, resume=handoff.resume_hook(token)
+        )
+        bridge = BridgeConfig(settings=settings, control=control)
+        twilio = TwilioCredentials(transfer.account_sid, token, api_url=transfer.api_url)
+        public = PublicURL("http", f"127.0.0.1:{port}", "")
     return ServerOptions(
-        bridge=BridgeConfig(settings=default_settings()),
+        bridge=bridge,
         host="127.0.0.1",
-        port=0,
+        port=port,
         agent_url=agent_url,
+        public_url=public,
         api_key="demo-key-not-a-secret",
+        auth_token=token,
         shutdown_grace=2.0,
         log_transcripts=True,  # a simulated call: its timeline shows what was said
         records=str(records),
         record_audio=str(audio) if audio is not None else None,
+        twilio=twilio,
     )
 
 
-def show_record(records: Path) -> str:
-    """The demo call's record, exactly as ``python -m server calls show`` renders it."""
+def show_records(records: Path, since: float) -> str:
+    """The demo calls' records (started at ``since`` or later), exactly as
+    ``python -m server calls show`` renders them."""
     db = Database(str(records))
     try:
-        calls = db.list_calls()  # oldest first: this call is the last one
-        record = db.load(calls[-1].call_sid) if calls else None
+        calls = db.list_calls(since=since)  # oldest first
+        shown = [db.load(call.call_sid) for call in calls]
     finally:
         db.close()
-    if record is None:
-        return "(no record of the call)"
-    command = f"python -m server calls --records {records} show {record.call_sid}"
-    return f"\nthe call record ({command})\n{'-' * 60}\n{render(record)}"
+    parts = []
+    for record in shown:
+        if record is not None:
+            command = f"python -m server calls --records {records} show {record.call_sid}"
+            parts.append(f"\nthe call record ({command})\n{'-' * 60}\n{render(record)}")
+    return "\n".join(parts) or "(no record of the calls)"
 
 
-StartServer = Callable[[ServerOptions], Awaitable[RunningBridge]]
+StartServer = Callable[[ServerOptions, socket.socket | None], Awaitable[RunningBridge]]
+"""``start(options, sock)``: start a bridge (listening on ``sock`` if given)."""
 
 
 def run_demo(argv: list[str], start_server: StartServer) -> int:
@@ -82,10 +112,21 @@ def run_demo(argv: list[str], start_server: StartServer) -> int:
     if ours.record_audio is not None:
         ours.record_audio.mkdir(parents=True, exist_ok=True)
 
-    def start_bridge(agent_url: str) -> Awaitable[RunningBridge]:
-        return start_server(demo_options(agent_url, ours.records, ours.record_audio))
+    async def start_bridge(agent_url: str, transfer: demo.Transfer | None) -> RunningBridge:
+        if transfer is None:
+            options = demo_options(agent_url, ours.records, ours.record_audio)
+            return await start_server(options, None)
+        # The public URL names the port, so the socket is bound before the options are made.
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+        options = demo_options(agent_url, ours.records, ours.record_audio, transfer, port)
+        bridge = await start_server(options, sock)
+        assert options.public_url is not None
+        return bridge._replace(signed_url=options.public_url.stream_url)
 
+    since = time.time()
     code = demo.main(rest, start_bridge, bridge_logger="server")
     if "-h" not in rest and "--help" not in rest:
-        print(show_record(ours.records), flush=True)
+        print(show_records(ours.records, since), flush=True)
     return code

@@ -53,8 +53,8 @@ class Routing:
             name, _, mac = signed.rpartition(".")
             if hmac.compare_digest(mac.encode(), _mac(self.key, name).encode()):
                 return self.agents.get(name)
-        name = self.numbers.get(parameters.get("To", ""))
-        return self.agents.get(name) if name is not None else None
+        routed = self.numbers.get(parameters.get("To", ""))
+        return self.agents.get(routed) if routed is not None else None
 
 
 def _mac(key: str, name: str) -> str:

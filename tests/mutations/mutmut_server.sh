@@ -4,9 +4,12 @@
 # its own. Mutated: server/signature.py and server/ws.py whole, and the functions below of
 # http.py, app.py, call.py, twilio_leg.py and agent_leg.py (the rest of those modules is not
 # security or limits code, and their other tests are too slow for a run per mutant).
-# Usage, from the repository root: sh tests/mutations/mutmut_server.sh [path/to/mutmut]
+# Usage, from the repository root:
+#   sh tests/mutations/mutmut_server.sh [path/to/mutmut [mutant-name-glob ...]]
+# e.g. `... /work/venv/bin/mutmut "server.signature.*"` runs signature.py's mutants only.
 set -eu
 MUTMUT=${1:-mutmut}
+[ $# -gt 0 ] && shift
 ROOT=$(pwd)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -24,6 +27,7 @@ pytest_add_cli_args = ["-p", "no:cacheprovider", "-o", "addopts=",
     "--deselect", "tests/server/test_lifecycle.py::test_two_workers_serve_calls_and_sigterm_to_the_parent_drains_both"]
 pytest_add_cli_args_test_selection = [
     "tests/server/test_security.py",
+    "tests/server/test_signature.py",
     "tests/server/test_http.py",
     "tests/server/test_ws.py",
     "tests/server/test_lifecycle.py",
@@ -34,8 +38,9 @@ pytest_add_cli_args_test_selection = [
 text = re.sub(r"\[tool\.mutmut\]\n(?:(?!\n\[).)*", config, text, flags=re.S)
 open("pyproject.toml", "w").write(text)
 PY
-# The mutants run: every one of signature.py and ws.py, and those of the limits functions.
-set -- "server.signature.*" "server.ws.*" \
+# The mutants run (unless named): every one of signature.py and ws.py, and those of the
+# limits functions.
+[ $# -gt 0 ] || set -- "server.signature.*" "server.ws.*" \
     "server.http.xǁHttpProtocolǁ_process__*" \
     "server.http.xǁHttpProtocolǁ_arm_request_timer__*" \
     "server.http.xǁHttpProtocolǁ_on_request_timeout__*" \
@@ -51,4 +56,6 @@ set -- "server.signature.*" "server.ws.*" \
     "server.agent_leg.xǁAgentLegǁbuffered__*"
 "$MUTMUT" run "$@" >mutmut.log 2>&1 || { tail -40 mutmut.log; exit 1; }
 tail -c 200 mutmut.log | tr '\r' '\n' | tail -2
-"$MUTMUT" results
+# the tally, then the survivors (mutants outside the run are "not checked")
+"$MUTMUT" results --all true | grep -v ': not checked$' | awk '{print $NF}' | sort | uniq -c
+"$MUTMUT" results | grep -v ': not checked$' || true

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from peers.agent import GOODBYE_TEXT, LocalAgent
 from peers.audio import BYTES_PER_MS
+from peers.demo import FRONT_DESK
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEED = 4
@@ -43,8 +44,9 @@ def test_demo_runs_a_whole_call_and_writes_what_the_caller_heard(tmp_path: Path)
         text=True,
         timeout=90,
     )
-    # The demo exits 0 only if the bridge hung up, Twilio would have objected to nothing and
-    # no caller audio reached the agent before SettingsApplied.
+    # The demo exits 0 only if the bridge hung up the first call, Twilio would have objected
+    # to nothing, no caller audio reached the agent before SettingsApplied, and the second
+    # call was updated with <Dial> only once every mark of the announcement was echoed.
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert re.search(r"^audio before SettingsApplied +0 B$", out, re.M), out
@@ -68,22 +70,51 @@ def test_demo_runs_a_whole_call_and_writes_what_the_caller_heard(tmp_path: Path)
         assert wav.getnframes() / 8000 > 2.0
     samples = memoryview(frames).cast("h")
     assert max(abs(s) for s in samples) > 1000  # the agent's speech, not silence
-    # After the summary, the record: the same text as 'calls show', with what was heard.
-    command = out.split("the call record (python -m server ")[1].split(")")[0].split()
-    assert command[:3] == ["calls", "--records", "demo-calls.db"] and command[3] == "show"
+    # After the summaries, the records: the same text as 'calls show', with what was heard.
+    commands = [
+        part.split(")")[0].split() for part in out.split("the call record (python -m server ")[1:]
+    ]
+    assert len(commands) == 2, out
+    shown_calls = [show(command, tmp_path, env) for command in commands]
+    for command, shown_text in zip(commands, shown_calls, strict=True):
+        assert command[:3] == ["calls", "--records", "demo-calls.db"] and command[3] == "show"
+        assert shown_text in out
+    command, shown = commands[0], shown_calls[0]
     sid = command[4]
+    assert "end: tool" in shown and "assistant" in shown
+    assert "partly heard" in shown or "cleared" in shown  # the barged-in reply
+    assert f"recording: recordings/{sid}.wav" in shown
+    with wave.open(str(tmp_path / "recordings" / f"{sid}.wav")) as stereo:
+        assert stereo.getnchannels() == 2 and stereo.getframerate() == 8000
+
+    # The second call: the caller asks for the front desk and is transferred.
+    transfer = out.split("second call:")[1]
+    assert "caller  hears the announcement" in transfer and "transfer_call ->" in transfer
+    assert f"twilio  call updated: <Dial>{FRONT_DESK}</Dial>" in transfer, transfer
+    assert re.search(r"^marks not echoed at the update +0$", transfer, re.M), transfer
+    heard = stamp(transfer, "caller  has heard the announcement (mark ")
+    updated = stamp(transfer, f"twilio  call updated: <Dial>{FRONT_DESK}</Dial>")
+    assert updated >= heard, transfer  # the update waited for what the caller heard
+    assert re.search(r"^dial action +200 .*<Hangup/>", transfer, re.M), transfer
+    assert "\nend: transfer (transferred to front_desk)\n" in shown_calls[1]
+
+
+def show(command: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """What ``python -m server calls ... show SID`` prints."""
     shown = subprocess.run(
         [sys.executable, "-m", "server", *command],
-        cwd=tmp_path,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout in out
-    assert "end: tool" in shown.stdout and "assistant" in shown.stdout
-    assert "partly heard" in shown.stdout or "cleared" in shown.stdout  # the barged-in reply
-    assert f"recording: recordings/{sid}.wav" in shown.stdout
-    with wave.open(str(tmp_path / "recordings" / f"{sid}.wav")) as stereo:
-        assert stereo.getnchannels() == 2 and stereo.getframerate() == 8000
+    return shown.stdout
+
+
+def stamp(out: str, text: str) -> float:
+    """The timeline stamp of the first line with ``text``."""
+    found = re.search(rf"^\[ *([\d.]+)s\] {re.escape(text)}", out, re.M)
+    assert found is not None, f"no {text!r} in {out}"
+    return float(found.group(1))

@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from peers.agent import GOODBYE_TEXT, REPLY_TEXT, AgentSession, LocalAgent
+from peers.agent import GOODBYE_TEXT, REPLY_TEXT, TRANSFER_TEXT, AgentSession, LocalAgent
 from peers.audio import (
     DECODE_TABLE,
     SILENCE_FRAME,
@@ -392,6 +392,71 @@ def test_agent_says_goodbye_without_end_call_after_n_utterances() -> None:
     messages = run(body())
     assert "FunctionCallRequest" not in [m["type"] for m in messages]
     assert {"type": "ConversationText", "role": "assistant", "content": GOODBYE_TEXT} in messages
+
+
+TRANSFER_FUNCTION = {
+    "name": "transfer_call",
+    "description": "Transfer the caller to a person.",
+    "parameters": {
+        "type": "object",
+        "properties": {"target": {"type": "string"}, "reason": {"type": "string"}},
+        "required": ["target"],
+    },
+}
+
+
+def test_agent_calls_transfer_call_on_turn_n_then_announces_the_result() -> None:
+    async def body() -> tuple[list[dict[str, Any]], list[dict[str, Any]], bytes, AgentSession]:
+        agent = LocalAgent(
+            pace=50, settings_delay=0, think_delay=0, transfer_after_utterances=2,
+            transfer_target="front_desk",
+        )  # fmt: skip
+        functions = [TRANSFER_FUNCTION, *SETTINGS["agent"]["think"]["functions"]]
+        body = settings(agent__greeting=None, agent__think__functions=functions)
+        async with agent:
+            ws = await open_session(agent, body)
+            await send_audio(ws, load_clip("caller-hello") + silence(800))
+            first, _ = await collect(ws, of_type("AgentAudioDone"))  # turn 1: a plain reply
+            await send_audio(ws, load_clip("caller-symptoms") + silence(800))
+            before, _ = await collect(ws, of_type("FunctionCallRequest"))
+            with pytest.raises(TimeoutError):  # nothing is said until the result is in
+                await collect(ws, lambda m: True, timeout=0.3)
+            (call,) = before[-1]["functions"]
+            result = json.dumps({"ok": True, "result": "Tell the caller."})
+            response = {"type": "FunctionCallResponse", "id": call["id"], "name": call["name"]}
+            await ws.send(json.dumps({**response, "content": result}))
+            after, audio = await collect(ws, of_type("AgentAudioDone"))
+            await ws.close()
+        assert "FunctionCallRequest" not in [m["type"] for m in first]
+        return before, after, audio, agent.sessions[0]
+
+    before, after, audio, session = run(body())
+    (function,) = before[-1]["functions"]
+    assert function["name"] == "transfer_call" and function["client_side"] is True
+    arguments = json.loads(function["arguments"])
+    assert arguments["target"] == "front_desk" and arguments["reason"]
+    history = after[0]
+    assert history["type"] == "History" and history["function_calls"][0]["id"] == function["id"]
+    assert {"type": "ConversationText", "role": "assistant", "content": TRANSFER_TEXT} in after
+    types = [m["type"] for m in after]
+    assert types.index("ConversationText") < types.index("AgentAudioDone")
+    assert len(audio) >= 4000  # the announcement is spoken, not only written
+    assert [r["id"] for r in session.function_call_responses] == [function["id"]]
+
+
+def test_agent_without_transfer_call_declared_just_replies() -> None:
+    async def body() -> list[dict[str, Any]]:
+        agent = LocalAgent(pace=50, settings_delay=0, think_delay=0, transfer_after_utterances=1)
+        async with agent:
+            ws = await open_session(agent, settings(agent__greeting=None))
+            await send_audio(ws, load_clip("caller-hello") + silence(800))
+            messages, _ = await collect(ws, of_type("AgentAudioDone"))
+            await ws.close()
+        return messages
+
+    messages = run(body())
+    assert "FunctionCallRequest" not in [m["type"] for m in messages]
+    assert {"type": "ConversationText", "role": "assistant", "content": REPLY_TEXT} in messages
 
 
 def test_agent_idle_timeout() -> None:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.protocol import State
 
 from peers.agent import LocalAgent
@@ -432,6 +433,156 @@ def test_a_resumed_call_reads_its_turns_from_the_records_and_keeps_one_record(
             assert record.end_reason == "hangup" and record.ended_at is not None
 
     run(main(), 30)
+
+
+# ---------------------------------------------------------------------- another instance
+
+
+@contextlib.asynccontextmanager
+async def instance(*flags: str, port: int, env: dict[str, str]) -> AsyncIterator[list[str]]:
+    """``python -m server`` in its own process (no memory shared with this one); its log."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO", "DEEPGRAM"))}
+    clean.pop("BRIDGE_RECORDS", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
+        "--config", str(ROOT / "config.json"), *flags,
+        env={**clean, "DEEPGRAM_API_KEY": "k", "PYTHONPATH": str(ROOT), **env},
+        cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    lines: list[str] = []
+
+    async def read() -> None:
+        assert proc.stderr is not None
+        async for line in proc.stderr:
+            lines.append(line.decode())
+
+    reader = asyncio.create_task(read())
+    try:
+        await until(lambda: any("listening on" in x for x in lines), 20, "the other instance")
+        yield lines
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 10)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await asyncio.wait_for(reader, 5)
+
+
+def count_rows(records: str) -> int:
+    """Rows of CALL_SID in the ``calls`` table, read without the project's store."""
+    query = "SELECT count(*) FROM calls WHERE call_sid = "
+    if records.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(records) as conn:
+            row = conn.execute(query + "%s", (CALL_SID,)).fetchone()
+    else:
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(records)) as conn:
+            row = conn.execute(query + "?", (CALL_SID,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def resume_on_another_instance(records: str) -> None:
+    """Transfer on instance A; the no-answer Dial action and the new stream reach instance B,
+    another ``python -m server`` process behind the same public URL (a load balancer would
+    route them so). B's agent starts with A's conversation, and the call keeps one record."""
+    streams: list[tuple[str, dict[str, str]]] = []
+
+    async def connector(call: SimCall, url: str, parameters: Any) -> None:
+        streams.append((url, dict(parameters)))
+
+    port_b = free_port()
+    public = f"http://127.0.0.1:{port_b}"  # what Twilio sees: here, B
+    flags = ("--public-url", public, "--records", records, "--transfer-target",
+             f"front_desk={FRONT_DESK}", "--agent-retries", "0")  # fmt: skip
+    async with (
+        fake_agent() as agent,
+        TwilioApiPeer(
+            account_sid=ACCOUNT_SID, auth_token=TOKEN, dial_outcome="no-answer",
+            stream_connector=connector,
+        ) as peer,
+    ):  # fmt: skip
+        env = {"TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_API_URL": peer.url}
+        async with (
+            instance(*flags, "--agent-url", agent.url, port=port_b, env=env) as log_b,
+            running_server(*flags, agent=agent, env=env) as a,
+        ):
+            stream_url = f"wss://127.0.0.1:{port_b}/media-stream"
+            signed = {"X-Twilio-Signature": compute_signature(TOKEN, stream_url)}
+            ws = await caller(a, signed)
+            stopped: list[bool] = []
+
+            async def stop_stream() -> None:  # what Twilio does when the call is updated
+                stopped.append(ws.state is State.OPEN)
+                with contextlib.suppress(Exception):
+                    await ws.send(twilio_stop())
+                    await ws.close()
+
+            peer.register(CALL_SID, stop_stream)
+            await ws.send(twilio_start({"From": "+15550001"}))
+            session = await agent.session(0)
+            await until(lambda: session.applied_at is not None)
+            said = agent_message("ConversationText", role="user", content="Front desk please.")
+            await session.send(said)
+            await ask_transfer(session, "front_desk")
+            last = await announce(session, ws)
+            await ws.send(twilio_mark(last["mark"]["name"]))
+            await until(lambda: bool(streams), 8, "the resumed stream's TwiML")
+            assert stopped == [True]
+            await until(lambda: a.metrics.calls_ended.get("transfer") == 1, 3)
+            action = next(c for c in peer.callbacks if c.kind == "dial-action")
+            assert action.status == 200, action.body
+            assert any("dial action" in x for x in log_b), "the action request reached B"
+            url, parameters = streams[0]
+            assert url == stream_url and {"bridgeResume", "bridgeResumeSig"} <= set(parameters)
+            # The new stream, on B.
+            ws_b = await connect(
+                f"ws://127.0.0.1:{port_b}/media-stream", additional_headers=signed,
+                compression=None, open_timeout=3, close_timeout=2,
+            )  # fmt: skip
+            await ws_b.send(twilio_start(parameters))
+            resumed = await agent.session(1)
+            await until(lambda: bool(texts_of(resumed, "Settings")), 5, "B's Settings")
+            settings = texts_of(resumed, "Settings")[0]["agent"]
+            history = settings.get("context", {}).get("messages", [])
+            assert {"type": "History", "role": "user", "content": "Front desk please."} in history
+            assert "did not go through" in settings["greeting"]
+            await until(lambda: resumed.applied_at is not None)
+            await resumed.send(agent_message("ConversationText", role="user", content="Later."))
+            await asyncio.sleep(0.3)
+            await ws_b.send(twilio_stop())
+            await ws_b.close()
+            await until(lambda: any("call ended" in x for x in log_b), 5, "B's call end")
+            if a.records is None:
+                return
+            loop = asyncio.get_running_loop()
+            record = None
+            for _ in range(50):  # B writes its part in a thread after the call ends
+                record = await loop.run_in_executor(None, a.records.load, CALL_SID)
+                if record is not None and record.ended_at and len(record.turns) == 2:
+                    break
+                await asyncio.sleep(0.1)
+            assert record is not None
+            assert [t.text for t in record.turns if t.role == "user"] == [
+                "Front desk please.",
+                "Later.",
+            ]
+            assert "resumed" in [e.name for e in record.events]
+            assert await loop.run_in_executor(None, count_rows, records) == 1
+
+
+def test_a_dial_action_on_another_instance_resumes_the_call_from_signed_parameters() -> None:
+    """Nothing shared between the instances but the auth token."""
+    run(resume_on_another_instance("none"), 45)
+
+
+def test_a_dial_action_on_another_instance_resumes_from_the_shared_records(records: str) -> None:
+    run(resume_on_another_instance(records), 45)
 
 
 # ---------------------------------------------------------------------- stream status
