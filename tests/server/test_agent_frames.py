@@ -384,3 +384,33 @@ def test_the_frame_path_is_on_wherever_the_handshake_response_is_cut() -> None:
 
     for cut_from_end in range(6):
         asyncio.run(body(cut_from_end))
+
+
+def test_a_ping_cut_across_reads_is_finished_by_websockets_before_the_next_frame() -> None:
+    async def body() -> None:
+        leg, transport, call, handshake = await open_leg()
+        leg.data_received(handshake)
+        ping = frame(0x9, b"\x82\x05hello, are you there?")  # its payload looks like a frame
+        stream = frame(0x2, AUDIO) + ping + frame(0x1, b'{"type":"x"}')
+        cut = len(frame(0x2, AUDIO)) + 4  # inside the ping's payload
+        leg.data_received(stream[:cut])
+        leg.data_received(stream[cut:])
+        assert call.messages == [AUDIO, '{"type":"x"}']
+        assert sent_frames(bytes(transport.out)) == [
+            (Opcode.PONG, b"\x82\x05hello, are you there?", True)
+        ]
+        await leg.task
+
+    asyncio.run(body())
+
+
+def test_a_fragmented_message_is_joined_by_the_slow_path_between_fast_frames() -> None:
+    frames = [
+        frame(0x2, AUDIO),
+        frame(0x1, b'{"type":', fin=False),
+        frame(0x9, b"p"),
+        frame(0x0, b'"Welcome"}'),
+        frame(0x2, AUDIO),
+    ]
+    leg = same_as_websockets(frames, [])
+    assert leg.call.messages == [AUDIO, '{"type":"Welcome"}', AUDIO]  # type: ignore[attr-defined]
