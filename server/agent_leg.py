@@ -3,7 +3,9 @@
 It mirrors the Twilio leg. The connection is opened with ``loop.create_connection`` (TLS
 with the default context, so certificates and the host name are checked, for ``wss://``),
 and the handshake carries ``Authorization: Token <key>`` and our ``User-Agent``. Each read
-goes to the protocol object. The events come back in order: the handshake response becomes
+goes through the frame path (:meth:`AgentLeg.data_received`): whole unmasked FIN text and
+binary frames are decoded there, and every other frame goes to the protocol object, in stream
+order. The events come back in order: the handshake response becomes
 ``agent_connected``, and every whole text or binary message becomes ``agent_message``, in
 the same callback, through the narrow :class:`AgentEvents` interface. Each
 :meth:`AgentLeg.send` frames and writes at once. :attr:`AgentLeg.buffered` is what the
@@ -64,7 +66,13 @@ class AgentLeg(asyncio.Protocol):
         "_close_request",
         "_close_timeout",
         "_closer",
+        "_fast",
         "_handshake",
+        "_head_tail",
+        "_held",
+        "_limit",
+        "_need",
+        "_owed",
         "_parts",
         "_reported",
         "call",
@@ -92,6 +100,12 @@ class AgentLeg(asyncio.Protocol):
         self.connected = False  # the handshake succeeded and the call was told
         self._handshake: asyncio.Future[BaseException | None] = self.loop.create_future()
         self._parts: list[bytes] = []  # a fragmented message (never seen from Deepgram)
+        self._limit = max_message_bytes
+        self._fast = False  # the frame path may decode frames (set once the handshake is done)
+        self._held = bytearray()  # the start of a frame the protocol object was not given
+        self._need = 0  # the bytes _held must reach before the frame path looks again
+        self._owed = 0  # bytes still due to the protocol object for the frame it has begun
+        self._head_tail = b""  # the last bytes of the handshake response seen so far
         self._close_request: tuple[int, str] | None = None
         self._close_timeout = close_timeout
         self._closer: asyncio.TimerHandle | None = None
@@ -147,8 +161,112 @@ class AgentLeg(asyncio.Protocol):
         self._write()  # the handshake request
 
     def data_received(self, data: bytes) -> None:
+        """The frame path: whole unmasked FIN text/binary frames within the size limit are
+        decoded here, inline because it runs for every frame; every other frame (control
+        frames, fragments, masked, RSV bits, oversized) is handed to the protocol object at
+        its own offset, so both see the stream in order and it stays the authority."""
         protocol = self.protocol
         assert protocol is not None
+        if protocol.state is State.CONNECTING:
+            data = self._opening(protocol, data)
+        held = self._held
+        if held:  # the start of a frame: appended to, joined once it can be complete
+            held += data
+            if len(held) < self._need and protocol.state is State.OPEN:
+                return
+            data = bytes(held)
+            self._held = bytearray()
+        if not self._fast or protocol.state is not State.OPEN:
+            if data:
+                self._to_protocol(protocol, data)
+            return
+        size = len(data)
+        pos = 0
+        limit = self._limit
+        open_ = State.OPEN
+        while pos < size and protocol.state is open_:
+            owed = self._owed
+            if owed:  # the rest of a frame the protocol object has begun
+                end = pos + owed if owed < size - pos else size
+                self._owed = owed - (end - pos)
+                self._to_protocol(protocol, data[pos:end])
+                pos = end
+                continue
+            if size - pos < 2:
+                self._need = 2
+                break
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            length = b1 & 0x7F
+            if length < 126:
+                start = pos + 2
+            elif length == 126:
+                if size - pos < 4:
+                    self._need = 4
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                start = pos + 4
+            else:
+                if size - pos < 10:
+                    self._need = 10
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                start = pos + 10
+            end = start + length
+            if (
+                (b0 == 0x82 or b0 == 0x81)  # FIN, no RSV bit, binary or text
+                and b1 < 0x80  # not masked
+                and length <= limit
+                and protocol.current_size is None  # no fragmented message in progress
+            ):
+                if end > size:
+                    self._need = end - pos  # not all here yet: held until it is
+                    break
+                payload = data[start:end]
+                if b0 == 0x82:
+                    self._message(payload)
+                    pos = end
+                    continue
+                try:
+                    text = payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    pass  # the protocol object's path fails the connection (1007)
+                else:
+                    self._message(text)
+                    pos = end
+                    continue
+            # Masked frames too: the protocol object refuses them at the header, whatever
+            # their end, and takes everything after that (its state is no longer OPEN).
+            stop = end if end < size else size
+            self._owed = end - stop
+            self._to_protocol(protocol, data[pos:stop])
+            pos = stop
+        if pos < size:
+            if protocol.state is open_:
+                self._held = bytearray(memoryview(data)[pos:])  # a header, or one frame
+            else:
+                self._to_protocol(protocol, data[pos:])
+
+    def _opening(self, protocol: ClientProtocol, data: bytes) -> bytes:
+        """Give the protocol object the handshake response and no byte past it; return
+        the bytes after it, so the frame path knows the protocol holds no partial frame."""
+        seen = self._head_tail + data
+        end = seen.find(b"\r\n\r\n")  # a response head ends there (every line ends in CRLF)
+        if end < 0:
+            self._head_tail = seen[-3:]
+            self._to_protocol(protocol, data)
+            return b""
+        cut = end + 4 - len(self._head_tail)
+        self._head_tail = b""
+        self._to_protocol(protocol, data[:cut])
+        if protocol.state is State.OPEN:
+            # Not connected: a close was asked for while connecting. websockets accepts no
+            # extension unless it offered one, and it offers none; a compressed stream
+            # (RSV1) would need its decoder, so no frame path then.
+            self._fast = self.connected and not protocol.extensions
+        return data[cut:]
+
+    def _to_protocol(self, protocol: ClientProtocol, data: bytes) -> None:
         protocol.receive_data(data)
         events = protocol.events_received()
         self._write()
@@ -164,7 +282,7 @@ class AgentLeg(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         protocol = self.protocol
         assert protocol is not None
-        protocol.receive_eof()
+        protocol.receive_eof()  # a frame cut short in _held ends the stream just the same
         self._write()
         return None  # the transport closes; connection_lost reports
 
@@ -216,19 +334,22 @@ class AgentLeg(asyncio.Protocol):
                 opcode = Opcode(first[0])
                 data = b"".join(rest)
             if opcode is Opcode.BINARY:
-                message: str | bytes = data
+                self._message(data)
             else:
                 try:
-                    message = data.decode("utf-8")
+                    text = data.decode("utf-8")
                 except UnicodeDecodeError:
                     self._fail(1007, "invalid UTF-8")
                     return
-            try:
-                self.call.agent_message(message)
-            except Exception:  # a driver bug must cost this leg, never the server
-                log.exception("error while handling an agent message; dropping the agent leg")
-                self.abort()
+                self._message(text)
         # Ping, pong and close: the protocol object answers them itself.
+
+    def _message(self, message: str | bytes) -> None:
+        try:
+            self.call.agent_message(message)
+        except Exception:  # a driver bug must cost this leg, never the server
+            log.exception("error while handling an agent message; dropping the agent leg")
+            self.abort()
 
     # ------------------------------------------------------------------ the call's side
 

@@ -582,11 +582,10 @@ class CallDriver:
             base = public.request_url("")
             action_url = handoff.action_url(base, key, self.call_sid, action.target, history)
         twiml = twiml_dial(action.number, action_url, options.dial_timeout)
+        # The model's reason may repeat what the caller said: private like the transcript.
+        reason = f"({len(action.reason)} chars)" if self._private else repr(action.reason[:80])
         log.info(
-            "transfer callSid=%s target=%s reason=%r",
-            self.call_sid or "-",
-            action.target,
-            action.reason[:80],
+            "transfer callSid=%s target=%s reason=%s", self.call_sid or "-", action.target, reason
         )
         self._redirect(twiml, "transfer", self.metrics)
 

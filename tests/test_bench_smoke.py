@@ -1,4 +1,4 @@
-"""Seconds-long smoke runs of both benchmarks: the output is well formed. Timings are never
+"""Seconds-long smoke runs of the benchmarks: the output is well formed. Timings are never
 asserted here (they belong to the benchmarks, on a quiet machine)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bench import bench_calls, bench_core
+from bench import bench_calls, bench_core, bench_frames
 from bench.bench_calls import Step, search_capacity, verdict
 
 
@@ -41,6 +41,14 @@ def test_core_bench_quick_writes_well_formed_results(tmp_path: Path) -> None:
         # Virtual time is exact: a chunk of C ms adds at most C - 20 ms to a 20 ms frame.
         assert row["added_p99_ms"] <= row["chunk_ms"] - 20 + 1e-6
     assert _finite_non_negative(result["outbound"]["core_out_us"])
+
+
+def test_frames_bench_quick_prints_both_parsers_and_the_ratio(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert bench_frames.main(["--quick"]) == 0  # it asserts every frame was delivered
+    out = capsys.readouterr().out
+    assert out.count("websockets ClientProtocol alone") == out.count("ratio") == 2
 
 
 def _assert_row_is_sane(row: dict[str, Any], calls: int) -> None:

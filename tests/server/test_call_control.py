@@ -166,7 +166,11 @@ async def ask_transfer(session: AgentSession, target: object) -> dict[str, Any]:
 # ---------------------------------------------------------------------- transfer
 
 
-def test_transfer_updates_the_call_only_after_the_announcement_mark_is_echoed() -> None:
+def test_transfer_updates_the_call_only_after_the_announcement_mark_is_echoed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
     async def main() -> None:
         async with rig() as r:
             ws, session = await r.call()
@@ -191,6 +195,9 @@ def test_transfer_updates_the_call_only_after_the_announcement_mark_is_echoed() 
             assert r.server.metrics.transfers == 1
 
     run(main())
+    # The model's reason may repeat the caller's words: not in the log unless opted in.
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "target=front_desk" in logged and "asked for a person" not in logged
 
 
 @pytest.mark.parametrize("target", ["reception", FRONT_DESK, "+15550000000", None])

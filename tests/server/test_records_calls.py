@@ -220,6 +220,9 @@ def _logged_call(tmp_path: Path, *flags: str) -> str:
                 await session.send({"type": "History", "role": "user", "content": PHRASE})
                 await session.send({"type": "AgentThinking", "content": PHRASE})
                 await session.send({"type": "Unknown", "echo": PHRASE})
+                # Fragmented, so websockets' parser reads it (whole frames skip it) and, at
+                # DEBUG, would quote the caller's words in its frame dump.
+                await session.ws.send(iter(['{"type": "Unknown", "echo": "', PHRASE, '"}']))
                 await ws.send(twilio_dtmf("9"))
                 await asyncio.sleep(0.2)
                 await ws.send(twilio_stop())
