@@ -38,8 +38,16 @@ INPUTS: list[tuple[str, Input, dict[str, Any] | None]] = [
         lambda c, t: c.update_prompt("p", t),
         {"type": "UpdatePrompt", "prompt": "p"},
     ),
-    ("update_speak", lambda c, t: c.update_speak(SPEAK, t), {"type": "UpdateSpeak", "speak": SPEAK}),
-    ("update_think", lambda c, t: c.update_think(THINK, t), {"type": "UpdateThink", "think": THINK}),
+    (
+        "update_speak",
+        lambda c, t: c.update_speak(SPEAK, t),
+        {"type": "UpdateSpeak", "speak": SPEAK},
+    ),
+    (
+        "update_think",
+        lambda c, t: c.update_think(THINK, t),
+        {"type": "UpdateThink", "think": THINK},
+    ),
     (
         "update_listen",
         lambda c, t: c.update_listen(LISTEN, t),
