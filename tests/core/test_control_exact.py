@@ -5,13 +5,30 @@ that a sent message restarts the keepalive from the time it was given."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
 
-from sansio import CallBridge, EndReason, LocalProtocolError
-from tests.helpers import Call, agent_texts
+from sansio import (
+    CallBridge,
+    CallControl,
+    CallStarted,
+    EndReason,
+    LocalProtocolError,
+    Resume,
+    TransferCall,
+)
+from tests.helpers import (
+    CALL_SID,
+    SETTINGS,
+    Call,
+    agent,
+    agent_texts,
+    config,
+    twilio_connected,
+    twilio_start,
+)
 
 SPEAK = {"provider": {"type": "deepgram", "model": "aura-2-thalia-en"}}
 THINK = {"provider": {"type": "open_ai", "model": "gpt-4o-mini"}, "prompt": "Be brief."}
@@ -141,3 +158,81 @@ def test_a_list_of_speak_settings_is_kept_whole() -> None:
     call.core.update_speak([SPEAK, SPEAK], call.now)
     (sent,) = agent_texts(call.drain())
     assert json.dumps(sent) == json.dumps({"type": "UpdateSpeak", "speak": [SPEAK, SPEAK]})
+
+
+# ------------------------------------------------------------ start hooks, driver transfer
+
+HISTORY = ({"type": "History", "role": "user", "content": "I need a refill."},)
+
+
+def _settings_sent(call: Call) -> dict[str, Any]:
+    call.core.agent_connected(call.now)
+    sent = call.drain() + call.agent(agent("Welcome", request_id="req-1"))
+    (settings,) = [t for t in agent_texts(sent) if t["type"] == "Settings"]
+    return settings
+
+
+def test_the_resume_hook_is_asked_with_the_start_and_seeds_the_history() -> None:
+    asked: list[tuple[str, dict[str, str]]] = []
+
+    def resume(call_sid: str, parameters: Mapping[str, str]) -> Resume | None:
+        asked.append((call_sid, dict(parameters)))
+        return Resume(HISTORY, "Sorry, the front desk did not answer.")
+
+    call = Call(config(control=CallControl(resume=resume)))
+    call.twilio(twilio_connected())
+    actions = call.twilio(twilio_start({"From": "+15550001", "bridgeResume": "x"}))
+    assert asked == [(CALL_SID, {"From": "+15550001", "bridgeResume": "x"})]
+    (started,) = [a for a in actions if isinstance(a, CallStarted)]
+    assert started.resumed is True
+    assert _settings_sent(call)["agent"]["context"]["messages"] == list(HISTORY)
+
+
+def test_a_stream_the_resume_hook_does_not_know_starts_afresh() -> None:
+    call = Call(config(control=CallControl(resume=lambda sid, parameters: None)))
+    actions = call.start()
+    (started,) = [a for a in actions if isinstance(a, CallStarted)]
+    assert started.resumed is False
+    assert "context" not in _settings_sent(call)["agent"]
+
+
+def test_choose_settings_is_asked_with_the_parameters_and_its_settings_are_sent() -> None:
+    asked: list[dict[str, str]] = []
+    chosen = json.loads(json.dumps(SETTINGS))
+    chosen["agent"]["think"]["prompt"] = "You are the billing line."
+
+    def choose(parameters: Mapping[str, str]) -> Mapping[str, Any] | None:
+        asked.append(dict(parameters))
+        return chosen if parameters.get("To") == "+15550199" else None
+
+    call = Call(config(choose_settings=choose))
+    call.twilio(twilio_connected())
+    call.twilio(twilio_start({"To": "+15550199"}))
+    assert asked == [{"To": "+15550199"}]
+    assert _settings_sent(call)["agent"]["think"]["prompt"] == "You are the billing line."
+    other = Call(config(choose_settings=choose))
+    other.twilio(twilio_connected())
+    other.twilio(twilio_start({"To": "+15550100"}))
+    default = SETTINGS["agent"]["think"]["prompt"]
+    assert _settings_sent(other)["agent"]["think"]["prompt"] == default
+
+
+def test_a_driver_transfer_is_refused_exactly_and_times_its_handoff_from_now() -> None:
+    cfg = config(control=CallControl(targets={"front_desk": "+15550123"}, fallback=True))
+    call = Call(cfg)
+    with pytest.raises(LocalProtocolError, match=r"^transfer\(\) outside a started call$"):
+        call.core.transfer("front_desk", "asked", call.now)
+    call.ready()
+    call.drain()
+    long = "x" * 70
+    with pytest.raises(LocalProtocolError, match=rf"^unknown transfer target '{'x' * 64}'$"):
+        call.core.transfer(long, "asked", call.now)
+    with pytest.raises(LocalProtocolError, match=r"^unknown transfer target 'None'$"):
+        call.core.transfer(None, "asked", call.now)  # type: ignore[arg-type]
+    call.at(5.0)
+    call.core.transfer("front_desk", "asked", 5.0)
+    assert TransferCall("front_desk", "+15550123", "asked") in call.drain()
+    deadline = call.core.next_deadline()
+    assert deadline is not None and deadline <= 5.0 + cfg.control.handoff_timeout
+    with pytest.raises(LocalProtocolError, match=r"^a transfer or goodbye is already under way$"):
+        call.core.transfer("front_desk", "again", 5.0)
