@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 
 from sansio import (
+    AgentNotice,
     CallBridge,
     CallControl,
     CallStarted,
+    ConfigError,
     EndReason,
     LocalProtocolError,
     Resume,
@@ -26,6 +28,7 @@ from tests.helpers import (
     agent,
     agent_texts,
     config,
+    function_call,
     twilio_connected,
     twilio_start,
 )
@@ -236,3 +239,29 @@ def test_a_driver_transfer_is_refused_exactly_and_times_its_handoff_from_now() -
     assert deadline is not None and deadline <= 5.0 + cfg.control.handoff_timeout
     with pytest.raises(LocalProtocolError, match=r"^a transfer or goodbye is already under way$"):
         call.core.transfer("front_desk", "again", 5.0)
+
+
+def test_a_resumed_call_greets_with_the_resume_greeting_even_without_a_configured_one() -> None:
+    settings = json.loads(json.dumps(SETTINGS))
+    settings["agent"].pop("greeting", None)
+    resume = Resume(HISTORY, "Sorry, the front desk did not answer.")
+    call = Call(config(settings=settings, control=CallControl(resume=lambda s, p: resume)))
+    call.start()
+    assert _settings_sent(call)["agent"]["greeting"] == "Sorry, the front desk did not answer."
+
+
+def test_a_built_in_tool_request_is_reported_as_a_notice() -> None:
+    call = Call(config(control=CallControl(targets={"front_desk": "+15550123"})))
+    call.ready()
+    call.drain()
+    text = function_call("fc-1", "transfer_call", json.dumps({"target": "front_desk"}))
+    notices = [a for a in call.agent(text) if isinstance(a, AgentNotice)]
+    (function,) = json.loads(text)["functions"]  # the notice carries the one function's entry
+    assert notices == [AgentNotice("FunctionCallRequest", function)]
+
+
+def test_an_unknown_preroll_policy_is_named_exactly() -> None:
+    with pytest.raises(ConfigError) as raised:
+        config(preroll_policy="keep-all")
+    assert str(raised.value) == "preroll_policy: must be one of keep, drop, last"
+    assert raised.value.field == "preroll_policy"
