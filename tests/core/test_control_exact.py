@@ -136,6 +136,10 @@ def test_each_input_sends_its_message_and_restarts_the_keepalive_then(
         ),
         (lambda c, t: c.update_speak(object(), t), r"^speak is not JSON: "),
         (lambda c, t: c.update_listen([LISTEN], t), r"^listen must be a JSON object$"),
+        (
+            lambda c, t: c.update_speak({"provider": "x"}, t),
+            r'^speak\.provider: must be an object with a "type" \(v1\)$',
+        ),
         (lambda c, t: c.update_think_live(object(), t), r"^think_live is not JSON: "),
         (lambda c, t: c.update_think_live([1], t), r"^think_live must be a JSON object$"),
         (
