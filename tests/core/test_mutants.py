@@ -613,3 +613,10 @@ def test_every_function_in_a_request_is_handled_after_one_is_skipped() -> None:
     ]
     out = call.agent(agent("FunctionCallRequest", functions=functions))
     assert [a for a in out if isinstance(a, RunTool)] == [RunTool("fc_c", "lookup", {})]
+
+
+def test_hang_up_after_reply_waits_the_grace_from_when_it_was_asked() -> None:
+    call = Call(config(hangup_grace=3.0, hangup_timeout=30.0))
+    call.ready()
+    call.at(2.0).core.hang_up_after_reply(call.now)
+    assert call.core.next_deadline() == pytest.approx(5.0)
