@@ -392,7 +392,7 @@ def test_a_ping_cut_across_reads_is_finished_by_websockets_before_the_next_frame
         leg.data_received(handshake)
         ping = frame(0x9, b"\x82\x05hello, are you there?")  # its payload looks like a frame
         stream = frame(0x2, AUDIO) + ping + frame(0x1, b'{"type":"x"}')
-        cut = len(frame(0x2, AUDIO)) + 4  # inside the ping's payload
+        cut = len(frame(0x2, AUDIO)) + 2  # where the ping's payload, a frame lookalike, begins
         leg.data_received(stream[:cut])
         leg.data_received(stream[cut:])
         assert call.messages == [AUDIO, '{"type":"x"}']
