@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
@@ -254,3 +255,10 @@ def post_form(path: str, form: str, host: str = "bridge.example.com", extra: str
         f"Content-Type: application/x-www-form-urlencoded\r\n"
         f"Content-Length: {len(body)}\r\n{extra}\r\n"
     ).encode() + body
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (for flags such as --public-url)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
+from typing import Any
 
 import httpx
 
@@ -13,17 +13,20 @@ from peers.agent import TRANSFER_TEXT, LocalAgent
 from peers.audio import load_clip
 from peers.caller import TwilioCaller
 from peers.twilio_api import TwilioApiPeer, caller_connector
-from tests.server_support import running_server
+from tests.server_support import free_port, running_server
 
 TOKEN = "tok-" + "tr4nsf3r" * 4
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 FRONT_DESK = "+15550123"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def transfer_bridge(port: int, agent: LocalAgent, env: dict[str, str]) -> Any:
+    """``python -m server`` on ``port`` with the front desk as its one transfer target."""
+    return running_server(
+        "--port", str(port), "--public-url", f"http://127.0.0.1:{port}",
+        "--records", "none", "--transfer-target", f"front_desk={FRONT_DESK}",
+        agent=agent, env=env,
+    )  # fmt: skip
 
 
 def test_the_agent_transfers_on_turn_n_and_the_call_is_dialled_after_the_announcement() -> None:
@@ -36,11 +39,7 @@ def test_the_agent_transfers_on_turn_n_and_the_call_is_dialled_after_the_announc
         echoes: list[float] = []
         async with agent, peer:
             env = {"TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_API_URL": peer.url}
-            async with running_server(
-                "--port", str(port), "--public-url", f"http://127.0.0.1:{port}",
-                "--records", "none", "--transfer-target", f"front_desk={FRONT_DESK}",
-                agent=agent, env=env,
-            ):  # fmt: skip
+            async with transfer_bridge(port, agent, env):
                 caller = TwilioCaller(
                     f"ws://127.0.0.1:{port}/media-stream", auth_token=TOKEN,
                     signed_url=f"wss://127.0.0.1:{port}/media-stream", speed=speed,
@@ -85,11 +84,7 @@ def test_a_placed_call_whose_caller_speaks_is_transferred_by_the_agent() -> None
         peer.stream_connector = caller_connector(peer, says=load_clip("caller-hello"))
         async with agent, peer:
             env = {"TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_API_URL": peer.url}
-            async with running_server(
-                "--port", str(port), "--public-url", f"http://127.0.0.1:{port}",
-                "--records", "none", "--transfer-target", f"front_desk={FRONT_DESK}",
-                agent=agent, env=env,
-            ):  # fmt: skip
+            async with transfer_bridge(port, agent, env):
                 async with httpx.AsyncClient(trust_env=False) as client:
                     created = await client.post(
                         f"{peer.url}/2010-04-01/Accounts/{ACCOUNT_SID}/Calls.json",

@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -36,6 +35,7 @@ from tests.server_support import (
     AgentSession,
     caller,
     fake_agent,
+    free_port,
     http,
     post_form,
     recv_until,
@@ -55,12 +55,6 @@ SAFETY_RULES = str(ROOT / "examples" / "safety-rules.toml")
 
 def run(coro: Any, timeout: float = 20.0) -> Any:
     return run_async(coro, timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
