@@ -157,6 +157,15 @@ async def ask_transfer(session: AgentSession, target: object) -> dict[str, Any]:
     return texts_of(session, "FunctionCallResponse")[0]
 
 
+async def front_desk_heard(session: AgentSession, ws: ClientConnection) -> None:
+    """The caller asks for the front desk, the agent transfers and the caller hears it say so."""
+    said = agent_message("ConversationText", role="user", content="Front desk please.")
+    await session.send(said)
+    await ask_transfer(session, "front_desk")
+    last = await announce(session, ws)
+    await ws.send(twilio_mark(last["mark"]["name"]))
+
+
 # ---------------------------------------------------------------------- transfer
 
 
@@ -332,11 +341,7 @@ def test_a_transfer_with_no_answer_resumes_the_call_with_its_history() -> None:
     async def main() -> None:
         async with rig(dial_outcome="no-answer", connector=connector) as r:
             ws, session = await r.call()
-            said = agent_message("ConversationText", role="user", content="Front desk please.")
-            await session.send(said)
-            await ask_transfer(session, "front_desk")
-            last = await announce(session, ws)
-            await ws.send(twilio_mark(last["mark"]["name"]))
+            await front_desk_heard(session, ws)
             await until(lambda: bool(streams), 5, "the resumed stream")
             url, parameters = streams[0]
             assert url == f"wss://127.0.0.1:{r.port}/media-stream"
@@ -528,11 +533,7 @@ async def resume_on_another_instance(records: str) -> None:
             await ws.send(twilio_start({"From": "+15550001"}))
             session = await agent.session(0)
             await until(lambda: session.applied_at is not None)
-            said = agent_message("ConversationText", role="user", content="Front desk please.")
-            await session.send(said)
-            await ask_transfer(session, "front_desk")
-            last = await announce(session, ws)
-            await ws.send(twilio_mark(last["mark"]["name"]))
+            await front_desk_heard(session, ws)
             await until(lambda: bool(streams), 8, "the resumed stream's TwiML")
             assert stopped == [True]
             await until(lambda: a.metrics.calls_ended.get("transfer") == 1, 3)
