@@ -202,6 +202,7 @@ class ServerProcess:
         cores: set[int] | None,
         bridge: str = "server",
         workers: int = 1,
+        flags: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.workers = workers
@@ -229,6 +230,7 @@ class ServerProcess:
             if workers > 1:
                 command += ["--workers", str(workers)]
             command += shlex.split(os.environ.get("BENCH_SERVER_FLAGS", ""))  # --server-flags
+            command += flags
         self.proc = subprocess.Popen(
             command,
             env=env,
@@ -329,6 +331,7 @@ class Point:
     barge_in_every: float = 5.0
     workers: int = 1
     perf: bool = False
+    flags: tuple[str, ...] = ()  # more flags for python -m server (--coalesce-sweep)
 
 
 async def measure(point: Point) -> dict[str, Any]:
@@ -337,7 +340,9 @@ async def measure(point: Point) -> dict[str, Any]:
     os.sched_setaffinity(0, load_cores or set(range(os.cpu_count() or 1)))
     load = Load(bridge_port=0, barge_in_every=point.barge_in_every)
     agent_port = await load.start_agent()
-    server = ServerProcess(agent_port, point.chunk_ms, server_cores, point.bridge, point.workers)
+    server = ServerProcess(
+        agent_port, point.chunk_ms, server_cores, point.bridge, point.workers, point.flags
+    )
     load.bridge_port = server.port
     perf_switches = None
     try:
@@ -732,21 +737,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     rows.append(naive)
                     print_row(naive)
-                row = await measure(
-                    Point(
-                        "server",
-                        count,
-                        args.seconds,
-                        chunk,
-                        args.barge_in_every,
-                        perf=not args.no_perf,
+                for coalesce_ms in args.coalesce_sweep or [None]:
+                    flags = () if coalesce_ms is None else ("--coalesce-ms", f"{coalesce_ms:g}")
+                    if flags:
+                        print(f"       server with --coalesce-ms {coalesce_ms:g}:")
+                    row = await measure(
+                        Point(
+                            "server",
+                            count,
+                            args.seconds,
+                            chunk,
+                            args.barge_in_every,
+                            perf=not args.no_perf,
+                            flags=flags,
+                        )
                     )
-                )
-                if naive is not None and naive["server_cpu_ms_per_call_s"] > 0:
-                    ratio = row["server_cpu_ms_per_call_s"] / naive["server_cpu_ms_per_call_s"]
-                    row["cpu_vs_naive"] = round(ratio, 2)
-                rows.append(row)
-                print_row(row)
+                    row["coalesce_ms"] = coalesce_ms
+                    if naive is not None and naive["server_cpu_ms_per_call_s"] > 0:
+                        naive_cpu = naive["server_cpu_ms_per_call_s"]
+                        row["cpu_vs_naive"] = round(row["server_cpu_ms_per_call_s"] / naive_cpu, 2)
+                    rows.append(row)
+                    print_row(row)
                 if args.asgi:  # the same load on the ASGI embedding, just after
                     asgi = await measure(
                         Point("asgi", count, args.seconds, chunk, args.barge_in_every)
@@ -759,6 +770,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result["load_after"] = load_average()
     print(f"uptime after: {result['load_after']['uptime']}")
     return result
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
 
 
 def _ints(text: str) -> list[int]:
@@ -809,6 +824,13 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated --workers counts; each runs pinned to as many cores",
     )
     add("--scaling-calls", type=int, default=100, help="calls for each --workers-scaling point")
+    add(
+        "--coalesce-sweep",
+        type=_floats,
+        default=[],
+        metavar="MS,MS,...",
+        help="measure the server at each --coalesce-ms in turn, beside one naive point",
+    )
     add("--plot", action="store_true", help="write PNGs (needs matplotlib)")
     add("--json", type=Path, default=ROOT / "bench" / "results" / "calls.json")
     args = parser.parse_args(argv)

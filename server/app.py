@@ -24,6 +24,7 @@ from typing import Any
 
 from server.call import CallContext, CallDriver
 from server.call_handle import CallHandle
+from server.coalesce import Coalescer
 from server.control_api import ControlApi, Relay
 from server.control_uds import CONTROL_DIR_ENV, UnixRelay
 from server.http import HttpProtocol
@@ -84,6 +85,7 @@ class Server:
             self.recordings,
             self.twilio,
             self._live,
+            Coalescer(self.loop, options.coalesce_ms / 1000) if options.coalesce_ms > 0 else None,
         )
         self.control = ControlApi(lambda: (call.handle for call in self.calls))
         self.outbound = (

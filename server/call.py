@@ -55,6 +55,7 @@ from sansio import (
 from server import handoff
 from server.agent_leg import AgentLeg
 from server.call_handle import CallHandle
+from server.coalesce import Coalescer
 from server.metrics import Metrics
 from server.options import ServerOptions
 from server.recording import AudioRecorder, recording_path
@@ -85,6 +86,7 @@ class CallContext:
     recordings: AudioRecorder | None
     twilio: TwilioRestClient | None = None
     live: Callable[[CallHandle, bool], None] | None = None  # a call started (True) or finished
+    coalescer: Coalescer | None = None  # --coalesce-ms: every pump reports to it
 
 
 class CallDriver:
@@ -126,6 +128,7 @@ class CallDriver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._pumping = False
+        self._coalescer = context.coalescer
         self._write_cap = self.options.max_write_buffer
         self._tools: dict[str, asyncio.Task[None]] = {}
         self._debug = log.isEnabledFor(logging.DEBUG)
@@ -269,6 +272,8 @@ class CallDriver:
         if self._pumping:  # a report from inside an action: the loop below picks it up
             return
         self._pumping = True
+        if self._coalescer is not None:
+            self._coalescer.served()
         core = self.core
         ws = self.ws
         recorder = self.recorder

@@ -30,7 +30,9 @@ from server.control_uds import setup_control_dir
 from server.metrics import setup_multiprocess_metrics
 from server.options import (
     DEFAULT_AGENT_URL,
+    DEFAULT_COALESCE_MS,
     DEFAULT_VOICEMAIL,
+    MAX_COALESCE_MS,
     ServerOptions,
     StartupError,
     make_options,
@@ -69,6 +71,9 @@ _positive_int = _checked(int, lambda n: n > 0, "a positive integer")
 _non_negative_int = _checked(int, lambda n: n >= 0, "an integer >= 0")
 _port = _checked(int, lambda n: 0 <= n <= 65535, "a port number (0-65535)")
 _seconds = _checked(float, lambda n: 0 < n < math.inf, "a positive number of seconds")
+_coalesce_ms = _checked(
+    float, lambda n: 0 <= n <= MAX_COALESCE_MS, f"milliseconds from 0 to {MAX_COALESCE_MS:g}"
+)
 _non_negative_seconds = _checked(float, lambda n: 0 <= n < math.inf, "a number of seconds >= 0")
 
 
@@ -177,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes serving the same port with SO_REUSEPORT (default 1)")
     add("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
         help="event loop: auto uses uvloop when installed (default auto)")
+    add("--coalesce-ms", type=_coalesce_ms, default=DEFAULT_COALESCE_MS, metavar="MS",
+        help="after a pass of the loop that served several calls, wait up to MS so the next "
+        "pass serves many in one wake-up; adds at most MS of latency, 0 turns it off "
+        f"(default {DEFAULT_COALESCE_MS:g})")
     add("--log-transcripts", action="store_true",
         help="log what was said, tool arguments and keypad digits (off: logs stay private)")
     add("--redact", default=None, metavar="MODULE[:FUNC]",

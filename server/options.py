@@ -25,6 +25,8 @@ from server.twilio_rest import TwilioCredentials
 from server.twiml import twiml_fallback
 
 DEFAULT_VOICEMAIL = "Hello, this is a message from our office. Please call us back. Goodbye."
+DEFAULT_COALESCE_MS = 0.0  # off until bench_calls --coalesce-sweep chooses a default
+MAX_COALESCE_MS = 20.0  # one Twilio frame's period: a longer nap would hold whole frames back
 DEFAULT_AGENT_URL = "wss://agent.deepgram.com/v1/agent/converse"
 LOCAL_AGENT = "local"
 """Special ``--agent-url`` value: run the bundled local agent in-process (no key needed)."""
@@ -91,6 +93,7 @@ class ServerOptions:
     workers: int = 1
     reuse_port: bool = False
     loop: str = "auto"
+    coalesce_ms: float = DEFAULT_COALESCE_MS
     log_transcripts: bool = False
     redact: Redactor = field(default=keep, repr=False)
     records: str | None = None
@@ -445,6 +448,7 @@ def make_options(args: Any, environ: Mapping[str, str] | None = None) -> ServerO
         workers=args.workers,
         reuse_port=bool(getattr(args, "reuse_port", False)),
         loop=args.loop,
+        coalesce_ms=args.coalesce_ms,
         log_transcripts=bool(getattr(args, "log_transcripts", False)),
         redact=redact,
         records=records,
