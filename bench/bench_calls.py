@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import Load
+from bench.loadgen import PHASES, Load
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -332,13 +332,14 @@ class Point:
     workers: int = 1
     perf: bool = False
     flags: tuple[str, ...] = ()  # more flags for python -m server (--coalesce-sweep)
+    phases: int = PHASES  # --phases
 
 
 async def measure(point: Point) -> dict[str, Any]:
     calls, seconds = point.calls, point.seconds
     server_cores, load_cores = layout(point.workers)
     os.sched_setaffinity(0, load_cores or set(range(os.cpu_count() or 1)))
-    load = Load(bridge_port=0, barge_in_every=point.barge_in_every)
+    load = Load(bridge_port=0, barge_in_every=point.barge_in_every, phases=point.phases)
     agent_port = await load.start_agent()
     server = ServerProcess(
         agent_port, point.chunk_ms, server_cores, point.bridge, point.workers, point.flags
@@ -394,6 +395,7 @@ async def measure(point: Point) -> dict[str, Any]:
     load_share = (sum(own1) - sum(own0)) / window
     return {
         "bridge": point.bridge,
+        "phases": point.phases,
         "chunk_ms": point.chunk_ms,
         "calls": calls,
         "workers": point.workers,
@@ -564,7 +566,14 @@ async def capacity(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict
 
         async def probe(calls: int, bridge: str = bridge) -> Step:
             row = await measure(
-                Point(bridge, calls, args.step_seconds, args.chunk_ms_list[0], args.barge_in_every)
+                Point(
+                    bridge,
+                    calls,
+                    args.step_seconds,
+                    args.chunk_ms_list[0],
+                    args.barge_in_every,
+                    phases=args.phases,
+                )
             )
             row["capacity_step"] = True
             rows.append(row)
@@ -620,6 +629,7 @@ async def workers_scaling(
                 args.barge_in_every,
                 workers,
                 perf=not args.no_perf,
+                phases=args.phases,
             )
         )
         row["scaling_step"] = True
@@ -733,7 +743,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 naive = None
                 if not args.no_baseline:  # the same load on the naive bridge, just before
                     naive = await measure(
-                        Point("naive", count, args.seconds, chunk, args.barge_in_every)
+                        Point(
+                            "naive",
+                            count,
+                            args.seconds,
+                            chunk,
+                            args.barge_in_every,
+                            phases=args.phases,
+                        )
                     )
                     rows.append(naive)
                     print_row(naive)
@@ -750,6 +767,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             args.barge_in_every,
                             perf=not args.no_perf,
                             flags=flags,
+                            phases=args.phases,
                         )
                     )
                     row["coalesce_ms"] = coalesce_ms
@@ -760,7 +778,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     print_row(row)
                 if args.asgi:  # the same load on the ASGI embedding, just after
                     asgi = await measure(
-                        Point("asgi", count, args.seconds, chunk, args.barge_in_every)
+                        Point(
+                            "asgi",
+                            count,
+                            args.seconds,
+                            chunk,
+                            args.barge_in_every,
+                            phases=args.phases,
+                        )
                     )
                     if row["server_cpu_ms_per_call_s"] > 0:
                         ratio = asgi["server_cpu_ms_per_call_s"] / row["server_cpu_ms_per_call_s"]
@@ -786,6 +811,9 @@ def main(argv: list[str] | None = None) -> int:
     add("--calls", default="10,50,100", help="comma-separated N to sweep")
     add("--chunk-ms", default="20", help="comma-separated chunk sizes")
     add("--seconds", type=float, default=10.0, help="measured window per point")
+    add("--phases", type=int, default=PHASES,
+        help=f"instants per period the calls' frames are spread over (default {PHASES}; "
+        "as many as --calls: no two calls in step, like real calls)")
     add("--barge-in-every", type=float, default=5.0, help="seconds between barge-ins per call")
     add("--quick", action="store_true", help="a seconds-long smoke run")
     add("--no-peer-check", action="store_true", help="skip the call with the peers")

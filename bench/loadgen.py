@@ -14,14 +14,18 @@ from functools import partial
 
 from peers.load import LeanAgent, LeanCaller, Stats
 
-PHASES = 10  # callers (and agent sessions) are spread over this many phases of a period
+PHASES = 10  # callers (and agent sessions) are spread over this many phases of a period (default)
 
 
 class Load:
     """The callers, the agent server and their two shared clocks."""
 
-    def __init__(self, bridge_port: int, barge_in_every: float = 5.0) -> None:
+    def __init__(self, bridge_port: int, barge_in_every: float = 5.0, phases: int = PHASES) -> None:
+        """``phases``: how many instants of each period the calls' frames are spread over. Few
+        phases send many calls' frames at once, which the server serves in one wake-up; real
+        calls are not in step at all (as many phases as calls)."""
         self.loop = asyncio.get_running_loop()
+        self.phases = phases
         self.bridge_port = bridge_port
         self.barge_in_every = barge_in_every
         self.stats = Stats()
@@ -65,18 +69,19 @@ class Load:
                 handle.cancel()
 
     def _tick_callers(self, origin: float, n: int) -> None:
-        """Every 2 ms, one phase group of callers sends its 20 ms frame.
+        """Every 20 ms / phases, one phase group of callers sends its 20 ms frame.
 
         Real calls are not in phase; sending every frame of every call at the same instant
         would measure the burst, not the bridge.
         """
         if not self._running:
             return
-        step = 0.02 / PHASES
+        phases = self.phases
+        step = 0.02 / phases
         if self.stats.recording:
             self.stats.tick_lateness_ms.append((self.loop.time() - (origin + n * step)) * 1000)
         now = time.perf_counter()
-        for caller in self.callers[n % PHASES :: PHASES]:
+        for caller in self.callers[n % phases :: phases]:
             self._next_frame_id += 1
             caller.send_frame(self._next_frame_id, now)
         self._caller_tick = self.loop.call_at(
@@ -84,21 +89,22 @@ class Load:
         )
 
     def _tick_agent(self, origin: float, n: int) -> None:
-        """Every 6 ms, one phase group of agent sessions sends its 60 ms chunk."""
+        """Every 60 ms / phases, one phase group of agent sessions sends its 60 ms chunk."""
         if not self._running:
             return
         now = time.perf_counter()
-        phase = n % PHASES
+        phases = self.phases
+        phase = n % phases
         period_ticks = max(1, round(self.barge_in_every / 0.06))
         for session in list(self.agent_sessions):
-            if not session.ready or session.caller is None or session.caller % PHASES != phase:
+            if not session.ready or session.caller is None or session.caller % phases != phase:
                 continue
             self._next_chunk_id += 1
             session.speak(self._next_chunk_id, now)
-            if (n // PHASES + session.caller * 7) % period_ticks == 0:
+            if (n // phases + session.caller * 7) % period_ticks == 0:
                 session.barge_in(now)
         self._agent_tick = self.loop.call_at(
-            origin + (n + 1) * 0.06 / PHASES, self._tick_agent, origin, n + 1
+            origin + (n + 1) * 0.06 / phases, self._tick_agent, origin, n + 1
         )
 
     def ready_sessions(self) -> int:

@@ -2,10 +2,12 @@
 
 Without it, the loop sleeps in ``epoll_wait`` until the next socket is readable and so wakes up
 about once per frame: at 100 calls, thousands of context switches a second, each serving one
-call. With it, a pass of the loop that served two or more calls ends with a nap of ``window``
-seconds; the frames that arrive meanwhile wait in the kernel and the next pass serves them all
-in one wake-up. A frame waits at most ``window`` longer; a pass that served one call (a light
-load) naps not at all. It works the same under asyncio and uvloop: the nap is a callback.
+call. With it, a pass of the loop that served two or more calls ends with a nap until
+``window`` seconds after the previous nap ended, so busy passes start at most once per window;
+the frames that arrive meanwhile wait in the kernel and the next pass serves them all in one
+wake-up. A frame waits at most ``window`` longer (half of it on average); a pass that served one
+call (a light load) naps not at all. It works the same under asyncio and uvloop: the nap is a
+callback.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import time
 class Coalescer:
     """One per event loop; every call's pump reports to :meth:`served`."""
 
-    __slots__ = ("_loop", "_served", "naps", "window")
+    __slots__ = ("_loop", "_served", "_woke", "naps", "window")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, window: float) -> None:
         self._loop = loop
         self.window = window
         self.naps = 0
         self._served = 0  # pumps since the check was scheduled (0: none scheduled)
+        self._woke = 0.0  # when the last nap ended (time.monotonic)
 
     def served(self) -> None:
         """A call was served in this pass: the first one schedules the end-of-pass check."""
@@ -36,5 +39,8 @@ class Coalescer:
         busy = self._served >= 2
         self._served = 0
         if busy:
-            self.naps += 1
-            time.sleep(self.window)
+            rest = self._woke + self.window - time.monotonic()
+            if rest > 0:
+                self.naps += 1
+                time.sleep(rest)
+            self._woke = time.monotonic()

@@ -1,5 +1,5 @@
-"""Wake-up coalescing (``--coalesce-ms``): a pass that served several calls ends with one nap
-of the window; a pass that served one call, or none, does not nap."""
+"""Wake-up coalescing (``--coalesce-ms``): a pass that served several calls ends with a nap
+until one window after the previous nap; a pass that served one call, or none, does not nap."""
 
 from __future__ import annotations
 
@@ -13,28 +13,46 @@ from server.coalesce import Coalescer
 from server.options import DEFAULT_COALESCE_MS, MAX_COALESCE_MS
 
 
+class Clock:
+    """The coalescer's clock: ``sleep`` records each nap and moves the clock by it."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.naps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.naps.append(round(seconds, 6))
+        self.now += seconds
+
+
 @pytest.fixture
-def naps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The naps taken, instead of sleeping them."""
-    taken: list[float] = []
-    monkeypatch.setattr(coalesce.time, "sleep", taken.append)
-    return taken
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(coalesce.time, "monotonic", fake.monotonic)
+    monkeypatch.setattr(coalesce.time, "sleep", fake.sleep)
+    return fake
 
 
-def passes(*served_per_pass: int) -> Coalescer:
-    """Run one loop pass per figure, serving that many calls in it, then let the checks run."""
-    return asyncio.run(_passes(served_per_pass))
+def passes(clock: Clock, *passes: tuple[int, float]) -> Coalescer:
+    """Run one loop pass per (calls served, ms the pass took), then let its check run."""
+    return asyncio.run(_passes(clock, passes))
 
 
-async def _passes(served_per_pass: tuple[int, ...]) -> Coalescer:
+async def _passes(clock: Clock, passes: tuple[tuple[int, float], ...]) -> Coalescer:
     loop = asyncio.get_running_loop()
     coalescer = Coalescer(loop, 0.004)
-    for count in served_per_pass:
+    for count, took_ms in passes:
         done = loop.create_future()
 
-        def serve(count: int = count, done: asyncio.Future[None] = done) -> None:
+        def serve(
+            count: int = count, took_ms: float = took_ms, done: asyncio.Future[None] = done
+        ) -> None:
             for _ in range(count):
                 coalescer.served()
+            clock.now += took_ms / 1000
             loop.call_soon(loop.call_soon, done.set_result, None)  # after the check
 
         loop.call_soon(serve)
@@ -42,26 +60,25 @@ async def _passes(served_per_pass: tuple[int, ...]) -> Coalescer:
     return coalescer
 
 
-def test_a_pass_that_served_several_calls_naps_once_for_the_window(
-    naps: list[float],
-) -> None:
-    coalescer = passes(5)
-    assert naps == [0.004]
-    assert coalescer.naps == 1
+def test_busy_passes_start_at_most_once_per_window(clock: Clock) -> None:
+    """The first busy pass sets the pace; each later one naps for what is left of the window
+    since the last nap ended, so a frame waits at most one window, less the pass's own work."""
+    coalescer = passes(clock, (5, 1.0), (5, 1.0), (3, 3.0), (2, 5.0), (4, 0.5))
+    assert clock.naps == [0.003, 0.001, 0.0035]
+    assert coalescer.naps == 3
 
 
-def test_a_pass_that_served_one_call_does_not_nap(naps: list[float]) -> None:
-    coalescer = passes(1)
-    assert naps == []
+def test_a_pass_that_served_one_call_does_not_nap(clock: Clock) -> None:
+    """Light load, one call per pass, pass after pass: never a nap, however short the passes."""
+    coalescer = passes(clock, (1, 0.1), (1, 0.1), (1, 0.1), (1, 0.1))
+    assert clock.naps == []
     assert coalescer.naps == 0
 
 
-def test_each_pass_is_counted_on_its_own(naps: list[float]) -> None:
-    """Light load, one call per pass, pass after pass: never a nap, however many passes."""
-    passes(1, 1, 1, 1)
-    assert naps == []
-    passes(1, 2, 1, 3)
-    assert naps == [0.004, 0.004]
+def test_each_pass_is_counted_on_its_own(clock: Clock) -> None:
+    """Single-call passes do not add up to a busy one; busy passes among them still nap."""
+    passes(clock, (1, 0.1), (2, 0.1), (1, 0.1), (3, 0.1))
+    assert clock.naps == [0.0038]  # the window counts from the end of the first busy pass
 
 
 def test_the_flag_is_bounded_by_one_frame_period() -> None:
