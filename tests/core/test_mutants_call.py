@@ -1,12 +1,15 @@
 """Exact outputs of the core that mutmut found unchecked in the call's plumbing (docs/mutation.md):
 which ends the fallback takes over, the end a redirect in flight makes its own, what a
-fallback leaves the call able to do, marks before ``start``, a disabled transfer tool, the
-call length limit before ``start``, and what the pre-roll policy cuts at ``SettingsApplied``.
-Public API only (CallBridge inputs and actions), in virtual time."""
+fallback leaves the call able to do, marks before ``start`` and without a string name, a
+disabled transfer tool, the call length limit before ``start``, and what the pre-roll policy
+cuts at ``SettingsApplied``. Public API only (CallBridge inputs and actions, and
+``mark_name``), in virtual time."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import pytest
 
 from sansio import (
     BargeIn,
@@ -22,6 +25,7 @@ from sansio import (
     SendAgentAudio,
     TransferCall,
 )
+from sansio._twilio import Oddity, mark_name
 from tests.helpers import (
     Call,
     agent,
@@ -122,6 +126,16 @@ def test_a_mark_echo_before_start_is_ignored() -> None:
         PeerIgnored("twilio", "echo of a mark never sent")
     ]
     assert call.core.ended is None
+
+
+@pytest.mark.parametrize(
+    "mark", [{"name": 7}, {"name": None}, {"name": ["0.1.end"]}, {}, "0.1.end", None]
+)
+def test_a_mark_echo_without_a_string_name_is_an_oddity(mark: object) -> None:
+    """``mark_name`` returns a name only when the echo carries a string one; anything else is
+    the oddity that the call ignores as an echo of a mark never sent."""
+    assert mark_name({"event": "mark", "mark": mark}) == Oddity("echo of a mark never sent")
+    assert mark_name({"event": "mark", "mark": {"name": "0.1.end"}}) == "0.1.end"
 
 
 def test_without_a_transfer_tool_every_client_function_goes_to_the_driver() -> None:
