@@ -214,6 +214,8 @@ class ServerProcess:
         if bridge == "naive":
             command = [sys.executable, "-m", "bench.naive_bridge", *common,
                        "--buffer-ms", str(chunk_ms)]  # fmt: skip
+        elif bridge == "floor":
+            command = [sys.executable, "-m", "bench.floor_relay", *common]
         elif bridge == "asgi":  # the same flags, in examples/fastapi_app.py under uvicorn
             env["BRIDGE_FLAGS"] = shlex.join(
                 [*common[4:], "--chunk-ms", str(chunk_ms), "--log-level", "WARNING",
@@ -470,7 +472,9 @@ def print_row(r: dict[str, Any]) -> None:
     if r["agent_sessions_ready"] < r["calls"] or r["errors"]:
         print(f"      {r['agent_sessions_ready']} of {r['calls']} calls ready; {r['errors']}")
     if "cpu_vs_naive" in r:
-        print(f"      server CPU = {r['cpu_vs_naive']}x the naive bridge's in this run")
+        print(f"      {r['bridge']} CPU = {r['cpu_vs_naive']}x the naive bridge's in this run")
+    if "cpu_vs_floor" in r:
+        print(f"      server CPU = {r['cpu_vs_floor']}x the floor relay's in this run")
     if "cpu_vs_server" in r:
         print(f"      ASGI CPU = {r['cpu_vs_server']}x the bundled server's in this run")
 
@@ -754,6 +758,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     rows.append(naive)
                     print_row(naive)
+                floor = None
+                if args.floor:  # the least a Python bridge can do, under the same load
+                    floor = await measure(
+                        Point(
+                            "floor",
+                            count,
+                            args.seconds,
+                            chunk,
+                            args.barge_in_every,
+                            phases=args.phases,
+                        )
+                    )
+                    if naive is not None and naive["server_cpu_ms_per_call_s"] > 0:
+                        cpu = floor["server_cpu_ms_per_call_s"]
+                        floor["cpu_vs_naive"] = round(cpu / naive["server_cpu_ms_per_call_s"], 2)
+                    rows.append(floor)
+                    print_row(floor)
                 for coalesce_ms in args.coalesce_sweep or [None]:
                     flags = () if coalesce_ms is None else ("--coalesce-ms", f"{coalesce_ms:g}")
                     if flags:
@@ -771,6 +792,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         )
                     )
                     row["coalesce_ms"] = coalesce_ms
+                    if floor is not None and floor["server_cpu_ms_per_call_s"] > 0:
+                        floor_cpu = floor["server_cpu_ms_per_call_s"]
+                        row["cpu_vs_floor"] = round(row["server_cpu_ms_per_call_s"] / floor_cpu, 2)
                     if naive is not None and naive["server_cpu_ms_per_call_s"] > 0:
                         naive_cpu = naive["server_cpu_ms_per_call_s"]
                         row["cpu_vs_naive"] = round(row["server_cpu_ms_per_call_s"] / naive_cpu, 2)
@@ -823,6 +847,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-baseline",
         action="store_true",
         help="skip the naive bridge measured beside each point",
+    )
+    add(
+        "--floor",
+        action="store_true",
+        help="also measure bench/floor_relay.py, the least a Python bridge can do per frame",
     )
     add(
         "--asgi",
