@@ -12,6 +12,7 @@ from sansio import (
     Action,
     AgentNotice,
     AgentReady,
+    AgentReconnecting,
     AgentStartedSpeaking,
     BargeIn,
     CallEnded,
@@ -20,8 +21,12 @@ from sansio import (
     CloseTwilio,
     ConfigError,
     EndReason,
+    FunctionCallsCancelled,
+    InjectionDropped,
+    InjectionRefused,
     LatencyReport,
     LocalProtocolError,
+    OpenAgent,
     Peer,
     PeerIgnored,
     RemoteProtocolError,
@@ -620,3 +625,206 @@ def test_hang_up_after_reply_waits_the_grace_from_when_it_was_asked() -> None:
     call.ready()
     call.at(2.0).core.hang_up_after_reply(call.now)
     assert call.core.next_deadline() == pytest.approx(5.0)
+
+
+def _reconnected(call: Call, at: float) -> dict[str, object]:
+    """Open a new leg after a failure, send its Settings at ``at``, return them (no
+    SettingsApplied yet)."""
+    assert OpenAgent() in call.advance_to(at)
+    call.core.agent_connected(call.now)
+    (settings,) = agent_texts(call.agent(agent("Welcome", request_id="req-2")))
+    return settings
+
+
+def test_each_failover_is_announced_with_its_detail_and_counted() -> None:
+    """``AgentReconnecting`` names the failure as the end would; every failover counts."""
+    call = Call(config(agent_retries=3, agent_retry_backoff=0.5))
+    call.ready()
+    out = call.agent(agent("Error", code="X", description="y"))
+    assert [a for a in out if isinstance(a, AgentReconnecting)] == [
+        AgentReconnecting(1, EndReason.AGENT_ERROR, "agent error X: y")
+    ]
+    call.core.agent_closed(1000, call.now)
+    _reconnected(call, call.now + 3)
+    call.agent(agent("SettingsApplied"))
+    call.core.agent_closed(1011, call.now, "gone")
+    out = call.drain()
+    assert [a for a in out if isinstance(a, AgentReconnecting)] == [
+        AgentReconnecting(
+            2, EndReason.AGENT_ERROR, "the agent closed the connection with code 1011: gone"
+        )
+    ]
+    assert call.core.stats().agent_reconnects == 2
+
+
+def test_a_cancel_withdraws_only_the_end_call_that_asked_and_only_once() -> None:
+    """A ``FunctionCallCancelled`` withdraws the hangup only when it names the ``end_call``
+    that asked for it: not before any did (a driver's hangup stays), not a second time."""
+    call = Call(config(hangup_grace=3.0, hangup_timeout=30.0))
+    call.ready()
+    call.at(1.0).core.hang_up_after_reply(call.now)  # no end_call asked for this one
+    cancel = agent("FunctionCallCancelled", functions=[{"id": "XXXX"}])  # any id at all
+    assert call.agent(cancel) == [FunctionCallsCancelled(("XXXX",), False)]
+    assert call.core.next_deadline() == pytest.approx(4.0)  # the driver's hangup stands
+
+    other = Call()
+    other.ready()
+    other.agent(function_call("fc_e", "end_call"))
+    withdraw = agent("FunctionCallCancelled", functions=[{"id": "fc_e"}])
+    assert other.agent(withdraw) == [FunctionCallsCancelled(("fc_e",), True)]
+    assert other.agent(cancel) == [FunctionCallsCancelled(("XXXX",), False)]
+    assert other.agent(withdraw) == [FunctionCallsCancelled(("fc_e",), False)]
+
+
+def test_a_malformed_function_entry_does_not_hide_the_ones_after_it() -> None:
+    """An entry that is not an object is skipped; the calls after it still run."""
+    call = Call()
+    call.ready()
+    functions = [5, {"id": "fc_c", "name": "lookup", "arguments": "{}", "client_side": True}]
+    out = call.agent(agent("FunctionCallRequest", functions=functions))
+    assert [a for a in out if isinstance(a, RunTool)] == [RunTool("fc_c", "lookup", {})]
+    assert call.core.stats().ignored_messages == 1
+
+
+def test_the_arguments_of_a_server_side_function_are_not_parsed() -> None:
+    """Only a client-side call's arguments go through ``json_loads``: the agent runs the
+    others, and the bridge passes them on untouched."""
+    parsed: list[str] = []
+
+    def loads(text: str) -> object:
+        parsed.append(text)
+        return json.loads(text)
+
+    call = Call(config(json_loads=loads))
+    call.ready()
+    parsed.clear()
+    server_side = {"id": "fc_s", "name": "web", "arguments": '{"q": 1}', "client_side": False}
+    message = agent("FunctionCallRequest", functions=[server_side])
+    assert call.agent(message) == [AgentNotice("FunctionCallRequest", server_side)]
+    assert parsed == [message]
+
+
+def test_an_agent_message_with_the_default_behavior_waits_its_turn() -> None:
+    """``behavior="default"`` is refusable like no behavior: it waits behind the injection in
+    flight and goes once that one is repeated back."""
+    call = Call()
+    call.ready()
+    call.core.inject_user_message("one", call.now)
+    call.core.inject_agent_message("Hello.", call.now, behavior="default")
+    assert agent_texts(call.drain()) == [{"type": "InjectUserMessage", "content": "one"}]
+    out = call.agent(agent("ConversationText", role="user", content="one"))
+    assert agent_texts(out) == [
+        {"type": "InjectAgentMessage", "message": "Hello.", "behavior": "default"}
+    ]
+    call.core.inject_user_message("two", call.now)  # "Hello." is in flight: this one waits
+    assert agent_texts(call.drain()) == []
+
+
+def test_a_dropped_injection_is_named_by_its_type_and_content() -> None:
+    """Beyond ``injection_limit`` waiting, each injection is dropped and reported as what it
+    was: a dynamic agent message has no content."""
+    call = Call(config(injection_limit=1))
+    call.ready()
+    call.core.inject_user_message("in flight", call.now)
+    call.core.inject_user_message("waiting", call.now)
+    call.core.inject_dynamic_agent_message(call.now)
+    call.core.inject_agent_message("Hello.", call.now)
+    call.core.inject_user_message("more", call.now)
+    assert [a for a in call.drain() if isinstance(a, InjectionDropped)] == [
+        InjectionDropped("InjectAgentMessage", ""),
+        InjectionDropped("InjectAgentMessage", "Hello."),
+        InjectionDropped("InjectUserMessage", "more"),
+    ]
+    assert call.core.stats().injections_dropped == 3
+
+
+def test_after_a_refusal_nothing_is_in_flight_until_the_turn_ends() -> None:
+    """A refused injection is no longer in flight: a transcript does not settle it, a second
+    refusal finds nothing to requeue, and the agent's turn end sends it again."""
+    call = Call()
+    call.ready()
+    call.core.inject_user_message("one", call.now)
+    call.drain()
+    assert call.agent(agent("InjectionRefused", message="busy")) == [
+        InjectionRefused("busy", True)
+    ]
+    out = call.agent(agent("ConversationText", role="user", content="one"))
+    assert out == [Transcript("user", "one")]
+    assert call.agent(agent("InjectionRefused", message="busy")) == [
+        PeerIgnored("agent", "InjectionRefused with no injection in flight"),
+        InjectionRefused("busy", False),
+    ]
+    out = call.agent(agent("AgentAudioDone"))
+    assert agent_texts(out) == [{"type": "InjectUserMessage", "content": "one"}]
+
+
+def test_an_injection_sent_on_an_agent_message_restarts_the_keepalive() -> None:
+    """A queued injection that a transcript or the end of a turn lets go is a send like any
+    other: the keepalive counts from it."""
+    call = Call(config(keepalive_interval=5.0))
+    call.ready()
+    call.core.inject_user_message("one", call.now)
+    call.core.inject_user_message("two", call.now)
+    call.drain()
+    out = call.at(1.0).agent(agent("ConversationText", role="user", content="one"))
+    assert agent_texts(out) == [{"type": "InjectUserMessage", "content": "two"}]
+    assert call.core.next_deadline() == pytest.approx(6.0)
+    call.at(2.0).agent(agent("InjectionRefused", message="busy"))
+    out = call.at(3.0).agent(agent("AgentAudioDone"))
+    assert agent_texts(out) == [{"type": "InjectUserMessage", "content": "two"}]
+    assert call.core.next_deadline() == pytest.approx(8.0)
+
+
+def test_a_new_session_counts_its_clocks_from_its_settings_applied() -> None:
+    """After a reconnect's ``SettingsApplied`` the held audio's partial chunk and the replayed
+    updates count from that moment: the chunk deadline and the keepalive follow from it."""
+    call = Call(config(agent_retries=2, agent_retry_backoff=0.5, keepalive_interval=5.0))
+    call.ready()
+    call.core.agent_closed(1011, call.now)
+    call.twilio(twilio_media(b"\x01" * 240))  # held: one chunk and a half
+    _reconnected(call, 3.0)
+    out = call.at(4.0).agent(agent("SettingsApplied"))
+    assert agent_audio_of(out) == b"\x01" * 160
+    assert call.core.next_deadline() == pytest.approx(4.02)  # the rest, one chunk_ms later
+
+    updated = Call(config(agent_retries=2, agent_retry_backoff=0.5, keepalive_interval=5.0))
+    updated.ready()
+    updated.core.update_prompt("Be brief.", updated.now)
+    updated.core.agent_closed(1011, updated.now)
+    _reconnected(updated, 3.0)
+    out = updated.at(4.0).agent(agent("SettingsApplied"))
+    assert agent_texts(out) == [{"type": "UpdatePrompt", "prompt": "Be brief."}]
+    assert updated.core.next_deadline() == pytest.approx(9.0)
+
+
+def test_a_reconnect_keeps_well_formed_function_calls_without_their_type() -> None:
+    """Function calls from ``History`` go into a reconnect's context without a ``type`` key;
+    a ``History`` with a call that has no response, or is not an object, is not kept."""
+    call = Call(config(agent_retries=1, agent_retry_backoff=0.5))
+    call.ready()
+    entry = {"id": "fc_1", "name": "lookup", "client_side": True, "arguments": "{}"}
+    call.agent(agent("History", function_calls=[entry]))  # no response: not kept
+    call.agent(agent("History", function_calls=["fc_0"]))  # not an object: not kept
+    call.agent(agent("History", function_calls=[{**entry, "type": "x", "response": "ok"}]))
+    call.core.agent_closed(1011, call.now)
+    settings = _reconnected(call, 3.0)
+    assert settings["agent"]["context"]["messages"] == [  # type: ignore[index]
+        {"type": "History", "function_calls": [{**entry, "response": "ok"}]}
+    ]
+
+
+def test_a_reconnect_moves_agent_level_messages_into_the_context() -> None:
+    """History given as ``agent.messages`` (no context) seeds a reconnect's context, and is
+    not sent twice."""
+    seeded = [{"type": "History", "role": "user", "content": "seed"}]
+    settings = {**SETTINGS, "agent": {**SETTINGS["agent"], "messages": seeded}}
+    call = Call(config(settings=settings, agent_retries=1, agent_retry_backoff=0.5))
+    call.ready()
+    call.agent(agent("ConversationText", role="user", content="now"))
+    call.core.agent_closed(1011, call.now)
+    sent = _reconnected(call, 3.0)["agent"]
+    assert isinstance(sent, dict) and "messages" not in sent
+    assert sent["context"]["messages"] == [
+        *seeded,
+        {"type": "History", "role": "user", "content": "now"},
+    ]
