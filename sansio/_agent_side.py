@@ -187,7 +187,7 @@ class AgentSide:
             return
         self._tools.withdraw_all()  # the new session knows nothing of these calls
         self._open_downlink().end_reply()
-        self._injections.turn_done(now)
+        self._injections.leg_failed()
         self._counters.agent_reconnects += 1
         self._agent_state = AgentState.RECONNECTING
         self._actions.append(failover.begin(reason, detail, now, leg_gone=not leg_open))

@@ -96,6 +96,15 @@ class Injections:
         self._held = False
         self.pump(now)
 
+    def leg_failed(self) -> None:
+        """The agent leg failed: nothing goes to it any more. The injection it had not repeated
+        goes first to the next session, whose ``SettingsApplied`` sends what waits."""
+        inflight = self._inflight
+        if inflight is not None:
+            self._inflight = None
+            self._queue.appendleft(inflight)
+        self._held = False
+
     def pump(self, now: float) -> None:
         queue = self._queue
         while queue and self._inflight is None and not self._held:

@@ -828,3 +828,25 @@ def test_a_reconnect_moves_agent_level_messages_into_the_context() -> None:
         *seeded,
         {"type": "History", "role": "user", "content": "now"},
     ]
+
+
+def test_injections_waiting_when_the_leg_fails_go_to_the_next_session() -> None:
+    """Nothing goes to a failed leg: the injection it never repeated and those queued behind
+    it wait, in order, for the new session's ``SettingsApplied``, with one sent meanwhile."""
+    call = Call(config(agent_retries=2, agent_retry_backoff=0.5))
+    call.ready()
+    call.core.inject_user_message("one", call.now)
+    call.core.inject_user_message("two", call.now)
+    call.drain()
+    call.core.agent_closed(1011, call.now)
+    assert agent_texts(call.drain()) == []
+    call.core.inject_user_message("three", call.now)
+    assert agent_texts(call.drain()) == []
+    settings = _reconnected(call, 3.0)
+    assert settings["type"] == "Settings"
+    out = call.at(4.0).agent(agent("SettingsApplied"))
+    assert agent_texts(out) == [{"type": "InjectUserMessage", "content": "one"}]
+    out = call.agent(agent("ConversationText", role="user", content="one"))
+    assert agent_texts(out) == [{"type": "InjectUserMessage", "content": "two"}]
+    out = call.agent(agent("ConversationText", role="user", content="two"))
+    assert agent_texts(out) == [{"type": "InjectUserMessage", "content": "three"}]
