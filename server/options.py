@@ -25,7 +25,7 @@ from server.twilio_rest import TwilioCredentials
 from server.twiml import twiml_fallback
 
 DEFAULT_VOICEMAIL = "Hello, this is a message from our office. Please call us back. Goodbye."
-DEFAULT_COALESCE_MS = 1.0  # chosen by bench_calls --coalesce-sweep: docs/benchmarks.md
+DEFAULT_COALESCE_MS = 0.0  # off: under uvloop it saved nothing measurable (docs/benchmarks.md)
 MAX_COALESCE_MS = 20.0  # one Twilio frame's period: a longer nap would hold whole frames back
 DEFAULT_AGENT_URL = "wss://agent.deepgram.com/v1/agent/converse"
 LOCAL_AGENT = "local"
