@@ -102,6 +102,25 @@ def test_calls_bench_quick_runs_real_calls_and_writes_well_formed_results(tmp_pa
     assert _finite_non_negative(server["cpu_vs_naive"])
 
 
+def test_floor_relay_and_coalesce_sweep_carry_every_frame(tmp_path: Path) -> None:
+    """The floor relay is a real relay (every frame and clear delivered), and the sweep runs the
+    server once per --coalesce-ms value, each compared with the naive bridge and the floor."""
+    out = tmp_path / "calls.json"
+    argv = ["--quick", "--no-peer-check", "--floor", "--phases", "2", "--coalesce-sweep", "0,1"]
+    assert bench_calls.main([*argv, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["bridge"], r.get("coalesce_ms")) for r in rows] == [
+        ("naive", None),
+        ("floor", None),
+        ("server", 0.0),
+        ("server", 1.0),
+    ]
+    for row in rows:
+        _assert_row_is_sane(row, 2)
+        assert row["phases"] == 2, row
+    assert all(_finite_non_negative(r["cpu_vs_floor"]) for r in rows[2:])
+
+
 def test_capacity_search_with_tiny_bounds_returns_a_number(tmp_path: Path) -> None:
     out = tmp_path / "capacity.json"
     argv = ["--capacity", "--capacity-max", "4", "--step-seconds", "1", "--no-peer-check"]
