@@ -31,6 +31,7 @@ pytest_add_cli_args_test_selection = [
     "tests/server/test_http.py",
     "tests/server/test_ws.py",
     "tests/server/test_ws_limits.py",
+    "tests/server/test_limits_exact.py",
     "tests/server/test_lifecycle.py",
     "tests/server/test_calls.py::test_caller_not_reading_ends_its_call_within_the_write_cap",
     "tests/server/test_calls.py::test_agent_not_reading_ends_its_call_within_the_write_cap",
