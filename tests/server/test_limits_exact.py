@@ -262,7 +262,7 @@ def test_a_closing_connection_whose_peer_never_reads_is_aborted() -> None:
             sock.setblocking(False)
             _reader, writer = await asyncio.open_connection(sock=sock)
             await until(lambda: len(server.connections) == 1)
-            (conn,) = server.connections
+            conn: Any = next(iter(server.connections))
             transport: Any = conn.transport
             transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
             writer.write(get("/metrics") * 100 + get("/healthz", extra="Connection: close\r\n"))
