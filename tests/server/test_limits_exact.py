@@ -19,11 +19,21 @@ import pytest
 from sansio import EndReason, SendAgentAudio, SendAgentText
 from server.call import CallContext, CallDriver
 from server.cli import build_parser
-from server.http import SERVER_HEADER
+from server.http import SERVER_HEADER, HttpProtocol
 from server.metrics import Metrics
 from server.options import make_options
 from server.tools import ToolRegistry
-from tests.server_support import get, post_form, run, running_server, until
+from tests.server_support import (
+    closed_within,
+    fake_agent,
+    get,
+    post_form,
+    ready_call,
+    run,
+    running_server,
+    twilio_stop,
+    until,
+)
 
 HEADER_CAP = 1024
 BODY_CAP = 1000
@@ -284,6 +294,26 @@ def test_a_request_timing_out_gets_408_and_its_reason() -> None:
             data = await exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             assert data == error_response("408 Request Timeout", "request timed out")
             assert server.metrics.http_responses == {408: 1}
+
+    run(body())
+
+
+def test_a_connection_that_never_sent_a_request_is_closed_when_the_shutdown_starts() -> None:
+    """A connection with no request yet is idle: the shutdown closes it at once, while a call
+    in progress still has its grace."""
+
+    async def body() -> None:
+        async with fake_agent() as agent, running_server(agent=agent) as server:
+            ws, _ = await ready_call(server, agent)
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            await until(lambda: any(isinstance(c, HttpProtocol) for c in server.connections))
+            shutdown = asyncio.create_task(server.shutdown(grace=20.0))
+            assert await asyncio.wait_for(reader.read(), 1.0) == b""
+            assert not shutdown.done() and len(server.calls) == 1
+            writer.close()
+            await ws.send(twilio_stop())
+            assert await closed_within(ws, 3) < 3
+            await asyncio.wait_for(shutdown, 5)
 
     run(body())
 
