@@ -257,6 +257,21 @@ def test_a_route_that_raises_after_answering_only_closes() -> None:
     run(body())
 
 
+def test_an_error_answer_closes_a_kept_alive_connection_at_once() -> None:
+    """A 4xx is sent with ``connection: close``: the server closes as soon as it is written,
+    though the client asked for nothing of the kind (not after --request-timeout)."""
+
+    async def body() -> None:
+        async with running_server("--request-timeout", "10") as server:
+            t0 = time.monotonic()
+            data = await exchange(server.port, get("/nope"), timeout=2.0)
+            assert time.monotonic() - t0 < 1.0
+            assert data.startswith(b"HTTP/1.1 404 Not Found\r\n") and data.endswith(b"not found\n")
+            assert b"connection: close\r\n" in data
+
+    run(body())
+
+
 # ---------------------------------------------------------------------- closing
 
 
@@ -298,19 +313,25 @@ def test_a_request_timing_out_gets_408_and_its_reason() -> None:
     run(body())
 
 
-def test_a_connection_that_never_sent_a_request_is_closed_when_the_shutdown_starts() -> None:
-    """A connection with no request yet is idle: the shutdown closes it at once, while a call
-    in progress still has its grace."""
+def test_idle_connections_are_closed_when_the_shutdown_starts() -> None:
+    """A connection with no request yet, and one kept alive after its request was served, are
+    idle: the shutdown closes both at once, while a call in progress still has its grace."""
 
     async def body() -> None:
         async with fake_agent() as agent, running_server(agent=agent) as server:
             ws, _ = await ready_call(server, agent)
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            await until(lambda: any(isinstance(c, HttpProtocol) for c in server.connections))
+            served, kept = await asyncio.open_connection("127.0.0.1", server.port)
+            kept.write(get("/healthz"))
+            answer = await asyncio.wait_for(served.readuntil(b"}\n"), 2)
+            assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+            await until(lambda: sum(isinstance(c, HttpProtocol) for c in server.connections) == 2)
             shutdown = asyncio.create_task(server.shutdown(grace=20.0))
             assert await asyncio.wait_for(reader.read(), 1.0) == b""
+            assert await asyncio.wait_for(served.read(), 1.0) == b""
             assert not shutdown.done() and len(server.calls) == 1
             writer.close()
+            kept.close()
             await ws.send(twilio_stop())
             assert await closed_within(ws, 3) < 3
             await asyncio.wait_for(shutdown, 5)
