@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bench import bench_calls, bench_core, bench_frames
+from bench import bench_calls, bench_core, bench_driver, bench_frames
 from bench.bench_calls import Step, search_capacity, verdict
 
 
@@ -86,6 +86,16 @@ def _assert_row_is_sane(row: dict[str, Any], calls: int) -> None:
     shares = row["process_cpu_shares"]
     assert len(shares) >= row["workers"] and math.isclose(sum(shares), 1, abs_tol=0.01), row
     assert row["load_saturated"] is False, row
+
+
+def test_driver_bench_quick_runs_a_call_and_prints_its_python_cost(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert bench_driver.main(["--quick"]) == 0  # it asserts the audio reached the agent
+    out = capsys.readouterr().out
+    ms = float(out.split("Python CPU of one call-second: ")[1].split()[0])
+    assert 0 < ms < 50, out  # one call-second of Python, far below a second
+    assert "caller frame" in out and "agent chunk" in out
 
 
 def test_calls_bench_quick_runs_real_calls_and_writes_well_formed_results(tmp_path: Path) -> None:

@@ -1,0 +1,207 @@
+"""Microbenchmark of one call's whole per-frame path in Python, without sockets or the kernel.
+
+A real :class:`~server.call.CallDriver` (Twilio leg, WsPeer, core, agent leg, recorder,
+metrics) on fake transports: each Twilio ``media`` read goes through
+``TwilioLeg.data_received`` to the agent leg's write, each agent audio frame through
+``AgentLeg.data_received`` to the Twilio leg's write, and each mark the bridge sends is echoed.
+It prints µs per caller frame and per agent chunk, and the Python CPU of one call-second at
+the bench's traffic (50 caller frames, 16.7 agent chunks and their marks): the part of
+``bench_calls``' CPU per call-second that this project's code decides, without the event
+loop's and the kernel's share. Time is the minimum of ``--repeats``; ``--profile`` prints
+cProfile's top functions instead.
+
+    python -m bench.bench_driver              # 5000 frames, 5 repeats
+    python -m bench.bench_driver --profile    # where the time goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import json
+import pstats
+import time
+from typing import Any
+
+from websockets.server import ServerProtocol
+
+from peers import twilio_messages
+from peers.frames import BINARY, ZERO_MASK, FrameReader, client_frame, server_frame
+from server.call import CallContext, CallDriver
+from server.cli import build_parser
+from server.metrics import Metrics
+from server.options import make_options
+from server.tools import ToolRegistry
+
+STREAM_SID = "MZ" + "0" * 32
+CALL_SID = "CA" + "0" * 32
+CALLER_FRAMES_PER_S = 50.0  # 20 ms frames
+AGENT_CHUNKS_PER_S = 1 / 0.06  # the load's 60 ms chunks
+
+
+class Transport(asyncio.Transport):
+    """Keeps what was written; never closes, never buffers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+
+    def write(self, data: Any) -> None:
+        self.out += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class Call:
+    """One call on fake transports, up to READY."""
+
+    def __init__(self) -> None:
+        self.twilio_out = Transport()
+        self.agent_out = Transport()
+        self.marks = FrameReader()
+        self.sequence = 1
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        agent_transport = self.agent_out
+
+        async def connect(factory: Any, host: str, port: int, **kw: Any) -> tuple[Any, Any]:
+            protocol = factory()
+            protocol.connection_made(agent_transport)
+            return agent_transport, protocol
+
+        loop.create_connection = connect  # type: ignore[method-assign,assignment]
+        argv = ["--agent-url", "ws://127.0.0.1:9/v1/agent/converse", "--records", "none"]
+        options = make_options(build_parser().parse_args(argv), environ={"DEEPGRAM_API_KEY": "k"})
+        context = CallContext(
+            loop, options, Metrics(), ToolRegistry(), options.agent_url, None, None
+        )
+        self.driver = driver = CallDriver(
+            context, self.twilio_out, b"", "127.0.0.1:1", lambda _: None
+        )
+        start = twilio_messages.start(STREAM_SID, CALL_SID, "AC" + "0" * 32, {})
+        self.twilio(twilio_messages.connected())
+        self.twilio(start)
+        while not self.agent_out.out:  # the handshake request
+            await asyncio.sleep(0)
+        server = ServerProtocol()
+        server.receive_data(bytes(self.agent_out.out))
+        [request] = server.events_received()
+        server.send_response(server.accept(request))  # type: ignore[arg-type]
+        leg = driver.agent
+        assert leg is not None
+        leg.data_received(b"".join(server.data_to_send()))
+        await leg.task
+        self.leg = leg
+        leg.data_received(server_frame(b'{"type":"Welcome","request_id":"bench"}'))
+        leg.data_received(server_frame(b'{"type":"SettingsApplied"}'))
+        assert driver.core.accepts_agent_input and driver.core.ended is None
+
+    def twilio(self, text: str) -> None:
+        self.driver.twilio.data_received(client_frame(text.encode(), mask=ZERO_MASK))  # type: ignore[attr-defined]
+
+    def echo_marks(self) -> int:
+        """Echo every mark the bridge sent since the last call, as Twilio does."""
+        echoed = 0
+        for _, payload in self.marks.feed(bytes(self.twilio_out.out)):
+            if b'"event":"mark"' in payload:
+                name = json.loads(payload)["mark"]["name"]
+                self.sequence += 1
+                self.twilio(twilio_messages.mark(name, STREAM_SID, sequence=self.sequence))
+                echoed += 1
+        self.twilio_out.out.clear()
+        return echoed
+
+
+def media_frames(count: int) -> list[bytes]:
+    audio = bytes(range(160))
+    return [
+        client_frame(
+            twilio_messages.media(
+                audio, STREAM_SID, sequence=i + 3, chunk=i + 1, timestamp=20 * i
+            ).encode(),
+            mask=ZERO_MASK,
+        )
+        for i in range(count)
+    ]
+
+
+def run_once(frames: int) -> dict[str, float]:
+    async def body() -> dict[str, float]:
+        call = Call()
+        await call.open()
+        inbound = media_frames(frames)
+        chunks = max(1, round(frames * AGENT_CHUNKS_PER_S / CALLER_FRAMES_PER_S))
+        chunk = server_frame(bytes(480), BINARY)
+        twilio_leg = call.driver.twilio
+        agent_leg = call.leg
+        gc.disable()
+        t0 = time.perf_counter()
+        for data in inbound:
+            twilio_leg.data_received(data)  # type: ignore[attr-defined]
+        t1 = time.perf_counter()
+        for _ in range(chunks):
+            agent_leg.data_received(chunk)
+        t2 = time.perf_counter()
+        marks = call.echo_marks()
+        t3 = time.perf_counter()
+        gc.enable()
+        assert call.driver.core.ended is None, call.driver.core.ended
+        assert len(call.agent_out.out) > frames * 160, "caller audio did not reach the agent"
+        per_chunk = (t2 - t1) / chunks
+        per_mark = (t3 - t2) / max(1, marks)
+        return {
+            "caller_frame_us": (t1 - t0) / frames * 1e6,
+            "agent_chunk_us": per_chunk * 1e6,
+            "mark_echo_us": per_mark * 1e6,
+            "marks_per_chunk": marks / chunks,
+        }
+
+    return asyncio.run(body())
+
+
+def call_second_ms(row: dict[str, float]) -> float:
+    """Python CPU of one call-second at the bench's traffic, in ms."""
+    chunk = row["agent_chunk_us"] + row["marks_per_chunk"] * row["mark_echo_us"]
+    return (CALLER_FRAMES_PER_S * row["caller_frame_us"] + AGENT_CHUNKS_PER_S * chunk) / 1000
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=5000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (CI)")
+    parser.add_argument("--profile", action="store_true", help="cProfile's top functions")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.frames, args.repeats = 300, 1
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(run_once, args.frames)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        return 0
+    rows = [run_once(args.frames) for _ in range(args.repeats)]
+    best = {key: min(row[key] for row in rows) for key in rows[0]}
+    best["marks_per_chunk"] = rows[0]["marks_per_chunk"]
+    print(
+        f"caller frame {best['caller_frame_us']:.2f} µs, agent chunk {best['agent_chunk_us']:.2f}"
+        f" µs, mark echo {best['mark_echo_us']:.2f} µs ({best['marks_per_chunk']:.2f} per chunk)"
+    )
+    print(f"Python CPU of one call-second: {call_second_ms(best):.3f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
