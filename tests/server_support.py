@@ -196,12 +196,23 @@ class HttpResult:
         return self.body.decode("utf-8", "replace")
 
 
-async def http(port: int, raw: bytes, timeout: float = 3.0) -> HttpResult:
-    """Send raw bytes, read until the server closes (or a full response), parse it."""
+@contextlib.asynccontextmanager
+async def sent(port: int, raw: bytes) -> AsyncIterator[asyncio.StreamReader]:
+    """A connection to the server on 127.0.0.1 that has sent ``raw``, closed on leaving."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(raw)
         await writer.drain()
+        yield reader
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+async def http(port: int, raw: bytes, timeout: float = 3.0) -> HttpResult:
+    """Send raw bytes, read until the server closes (or a full response), parse it."""
+    async with sent(port, raw) as reader:
         data = b""
         deadline = time.monotonic() + timeout
         while True:
@@ -222,10 +233,21 @@ async def http(port: int, raw: bytes, timeout: float = 3.0) -> HttpResult:
         if result is None:
             raise AssertionError(f"no complete HTTP response: {data[:200]!r}")
         return result
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
+
+
+async def exchange(port: int, raw: bytes, timeout: float = 3.0) -> bytes:
+    """Send ``raw`` and return every byte the server sent until it closed the connection."""
+    async with sent(port, raw) as reader:
+        data = b""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"the server did not close within {timeout}s: {data!r}")
+            chunk = await asyncio.wait_for(reader.read(65536), remaining)
+            if not chunk:
+                return data
+            data += chunk
 
 
 def _parse(data: bytes) -> HttpResult | None:

@@ -8,7 +8,6 @@ unsent bytes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -25,6 +24,7 @@ from server.options import make_options
 from server.tools import ToolRegistry
 from tests.server_support import (
     closed_within,
+    exchange,
     fake_agent,
     get,
     post_form,
@@ -37,28 +37,6 @@ from tests.server_support import (
 
 HEADER_CAP = 1024
 BODY_CAP = 1000
-
-
-async def exchange(port: int, raw: bytes, timeout: float = 3.0) -> bytes:
-    """Send ``raw`` and return every byte the server sent until it closed the connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(raw)
-        await writer.drain()
-        data = b""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"the server did not close within {timeout}s: {data!r}")
-            chunk = await asyncio.wait_for(reader.read(65536), remaining)
-            if not chunk:
-                return data
-            data += chunk
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
 
 
 def error_response(status: str, detail: str) -> bytes:
