@@ -23,10 +23,8 @@ import gc
 import json
 import pstats
 import time
-from typing import Any
 
-from websockets.server import ServerProtocol
-
+from bench.bench_frames import Transport, accepted, connect_to
 from peers import twilio_messages
 from peers.frames import BINARY, ZERO_MASK, FrameReader, client_frame, server_frame
 from server.call import CallContext, CallDriver
@@ -42,29 +40,6 @@ CALLER_FRAMES_PER_S = 50.0  # 20 ms frames
 AGENT_CHUNKS_PER_S = 1 / 0.06  # the load's 60 ms chunks
 
 
-class Transport(asyncio.Transport):
-    """Keeps what was written; never closes, never buffers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-
-    def write(self, data: Any) -> None:
-        self.out += data
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-
 class Call:
     """One call on fake transports, up to READY."""
 
@@ -77,14 +52,7 @@ class Call:
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        agent_transport = self.agent_out
-
-        async def connect(factory: Any, host: str, port: int, **kw: Any) -> tuple[Any, Any]:
-            protocol = factory()
-            protocol.connection_made(agent_transport)
-            return agent_transport, protocol
-
-        loop.create_connection = connect  # type: ignore[method-assign,assignment]
+        connect_to(self.agent_out)
         argv = ["--agent-url", "ws://127.0.0.1:9/v1/agent/converse"]
         options = make_options(build_parser().parse_args(argv), environ={"DEEPGRAM_API_KEY": "k"})
         context = CallContext(
@@ -98,13 +66,9 @@ class Call:
         self.twilio(start)
         while not self.agent_out.out:  # the handshake request
             await asyncio.sleep(0)
-        server = ServerProtocol()
-        server.receive_data(bytes(self.agent_out.out))
-        [request] = server.events_received()
-        server.send_response(server.accept(request))  # type: ignore[arg-type]
         leg = driver.agent
         assert leg is not None
-        leg.data_received(b"".join(server.data_to_send()))
+        leg.data_received(accepted(bytes(self.agent_out.out)))
         await leg.task
         self.leg = leg
         leg.data_received(server_frame(b'{"type":"Welcome","request_id":"bench"}'))

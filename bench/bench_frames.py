@@ -64,6 +64,8 @@ class Sink:
 
 
 class Transport(asyncio.Transport):
+    """Keeps what was written; never closes, never buffers."""
+
     def __init__(self) -> None:
         super().__init__()
         self.out = bytearray()
@@ -77,27 +79,44 @@ class Transport(asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         return 0
 
+    def close(self) -> None:
+        pass
 
-async def open_leg() -> tuple[AgentLeg, Sink]:
-    """A leg on a fake transport, through its real handshake."""
-    loop = asyncio.get_running_loop()
-    transport = Transport()
+    def abort(self) -> None:
+        pass
 
-    async def connect(factory: Any, host: str, port: int, **kw: Any) -> tuple[Transport, Any]:
+
+def connect_to(transport: asyncio.Transport) -> None:
+    """Make the running loop's ``create_connection`` hand out ``transport``."""
+
+    async def connect(
+        factory: Any, host: str, port: int, **kw: Any
+    ) -> tuple[asyncio.Transport, Any]:
         protocol = factory()
         protocol.connection_made(transport)
         return transport, protocol
 
-    loop.create_connection = connect  # type: ignore[method-assign]
+    asyncio.get_running_loop().create_connection = connect  # type: ignore[method-assign,assignment]
+
+
+def accepted(request: bytes) -> bytes:
+    """An agent server's answer to the leg's handshake request: 101, accepted."""
+    server = ServerProtocol()
+    server.receive_data(request)
+    [event] = server.events_received()
+    server.send_response(server.accept(event))  # type: ignore[arg-type]
+    return b"".join(server.data_to_send())
+
+
+async def open_leg() -> tuple[AgentLeg, Sink]:
+    """A leg on a fake transport, through its real handshake."""
+    transport = Transport()
+    connect_to(transport)
     sink = Sink()
     leg = AgentLeg(sink, URL, "key", connect_timeout=5, max_message_bytes=LIMIT, close_timeout=5)
     while not transport.out:
         await asyncio.sleep(0)
-    server = ServerProtocol()
-    server.receive_data(bytes(transport.out))
-    [request] = server.events_received()
-    server.send_response(server.accept(request))  # type: ignore[arg-type]
-    leg.data_received(b"".join(server.data_to_send()))
+    leg.data_received(accepted(bytes(transport.out)))
     await leg.task
     return leg, sink
 

@@ -18,6 +18,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
+from bench.bench_frames import accepted, connect_to
 from server.agent_leg import AgentLeg
 
 URL = "ws://agent.test/v1/agent/converse"
@@ -104,25 +105,15 @@ class Transport(asyncio.Transport):
 
 async def open_leg(limit: int = LIMIT) -> tuple[AgentLeg, Transport, Recorder, bytes]:
     """A leg whose connection is a fake transport; returns it and the 101 it must be fed."""
-    loop = asyncio.get_running_loop()
     transport = Transport()
-
-    async def connect(factory: Any, host: str, port: int, **kw: Any) -> tuple[Transport, Any]:
-        protocol = factory()
-        protocol.connection_made(transport)
-        return transport, protocol
-
-    loop.create_connection = connect  # type: ignore[method-assign]
+    connect_to(transport)
     call = Recorder()
     leg = AgentLeg(call, URL, "key", connect_timeout=5, max_message_bytes=limit, close_timeout=5)
     while not transport.out:
         await asyncio.sleep(0)
-    server = ServerProtocol()
-    server.receive_data(bytes(transport.out))
-    [request] = server.events_received()
-    server.send_response(server.accept(request))  # type: ignore[arg-type]
+    response = accepted(bytes(transport.out))
     transport.out.clear()
-    return leg, transport, call, b"".join(server.data_to_send())
+    return leg, transport, call, response
 
 
 def sent_frames(data: bytes) -> list[tuple[Opcode, bytes, bool]]:
