@@ -24,13 +24,13 @@ from peers.frames import (
     CLOSE,
     TEXT,
     FrameReader,
-    accept_key,
+    HeadBuffer,
     client_frame,
     server_frame,
     upgrade_request,
+    upgrade_response,
 )
 
-_KEY = re.compile(rb"(?i)sec-websocket-key:\s*(\S+)")
 _STREAM_SID = re.compile(rb'"streamSid":"([^"]+)"')
 _FROM = re.compile(rb'"From":"([^"]*)"')
 _PAYLOAD = b'"payload":"'
@@ -46,7 +46,7 @@ class TwilioSide(asyncio.Protocol):
     def __init__(self, relay: FloorRelay) -> None:
         self.relay = relay
         self.transport: asyncio.Transport | None = None
-        self.head = bytearray()
+        self.head = HeadBuffer()
         self.reader: FrameReader | None = None
         self.agent: AgentSide | None = None
         self.media = (b"", b"")
@@ -60,11 +60,10 @@ class TwilioSide(asyncio.Protocol):
         assert transport is not None
         reader = self.reader
         if reader is None:
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
+            opened = self.head.feed(data)
+            if opened is None:
                 return
-            head = bytes(self.head[:end])
+            head, data = opened
             if head.startswith(b"GET /healthz"):
                 body = b'{"calls":%d}\n' % self.relay.calls
                 transport.write(
@@ -73,19 +72,13 @@ class TwilioSide(asyncio.Protocol):
                 )
                 transport.close()
                 return
-            key = _KEY.search(head)
-            if key is None:
+            response = upgrade_response(head)
+            if response is None:
                 transport.close()
                 return
-            transport.write(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
-                + accept_key(key.group(1))
-                + b"\r\n\r\n"
-            )
+            transport.write(response)
             reader = self.reader = FrameReader()
             self.relay.calls += 1
-            data = bytes(self.head[end + 4 :])
         for opcode, payload in reader.feed(data):
             if opcode == TEXT:
                 if b'"event":"media"' in payload:
@@ -143,7 +136,7 @@ class AgentSide(asyncio.Protocol):
         self.upgrade = upgrade
         self.settings = settings
         self.transport: asyncio.Transport | None = None
-        self.head = bytearray()
+        self.head = HeadBuffer()
         self.reader: FrameReader | None = None
         self.pending = [client_frame(settings)]  # until the handshake is done
 
@@ -154,12 +147,11 @@ class AgentSide(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader = self.reader
         if reader is None:
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
+            opened = self.head.feed(data)
+            if opened is None:
                 return
+            data = opened[1]
             reader = self.reader = FrameReader()
-            data = bytes(self.head[end + 4 :])
             self.transport.write(b"".join(self.pending))  # type: ignore[union-attr]
             self.pending = []
         twilio = self.twilio

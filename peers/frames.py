@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import struct
 
 from websockets.speedups import apply_mask
@@ -54,6 +55,38 @@ def upgrade_request(path: str, key: bytes = b"dGhlIHNhbXBsZSBub25jZQ==", host: s
         f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     ).encode()
+
+
+_KEY = re.compile(rb"(?i)sec-websocket-key:\s*(\S+)")
+
+
+def upgrade_response(head: bytes) -> bytes | None:
+    """The ``101`` answer to an upgrade request's head, or None if it carries no key."""
+    match = _KEY.search(head)
+    if match is None:
+        return None
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept_key(match.group(1)) + b"\r\n\r\n"
+    )
+
+
+class HeadBuffer:
+    """An HTTP head that arrives in pieces before a raw peer's frames begin."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes] | None:
+        """``(head, rest)`` once the blank line has come (the head without it), else None."""
+        buffered = self._data
+        buffered += data
+        end = buffered.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        return bytes(buffered[:end]), bytes(buffered[end + 4 :])
 
 
 class FrameReader:

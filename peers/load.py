@@ -30,10 +30,11 @@ from .frames import (
     PONG,
     TEXT,
     FrameReader,
-    accept_key,
+    HeadBuffer,
     client_frame,
     server_frame,
     upgrade_request,
+    upgrade_response,
 )
 
 MAGIC = b"\xa5\x5a"
@@ -81,7 +82,7 @@ class LeanCaller(asyncio.Protocol):
         self.open = False
         self.closed = asyncio.get_running_loop().create_future()
         self.reader = FrameReader()
-        self.head = bytearray()
+        self.head = HeadBuffer()
         self.sid = f"MZ{index:032x}"
         self.call_sid = f"CA{index:032x}"
         self.sequence = 1
@@ -97,17 +98,16 @@ class LeanCaller(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         if not self.open:
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
+            opened = self.head.feed(data)
+            if opened is None:
                 return
-            if not self.head.startswith(b"HTTP/1.1 101"):
-                self.stats.errors.append(f"caller {self.index}: {bytes(self.head[:40])!r}")
+            head, data = opened
+            if not head.startswith(b"HTTP/1.1 101"):
+                self.stats.errors.append(f"caller {self.index}: {head[:40]!r}")
                 transport.close()
                 return
             self.open = True
             self._start()
-            data = bytes(self.head[end + 4 :])
         stats = self.stats
         for opcode, payload in self.reader.feed(data):
             if opcode != TEXT:
@@ -196,7 +196,7 @@ class LeanAgent(asyncio.Protocol):
         self.sessions = sessions
         self.transport: asyncio.Transport | None = None
         self.reader = FrameReader()
-        self.head = bytearray()
+        self.head = HeadBuffer()
         self.open = False
         self.caller: int | None = None
         self.ready = False
@@ -213,23 +213,16 @@ class LeanAgent(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         if not self.open:
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
+            opened = self.head.feed(data)
+            if opened is None:
                 return
-            match = re.search(rb"(?i)sec-websocket-key:\s*(\S+)", bytes(self.head[:end]))
-            if match is None:
+            head, data = opened
+            response = upgrade_response(head)
+            if response is None:
                 transport.close()
                 return
-            transport.write(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                b"Sec-WebSocket-Accept: "
-                + accept_key(match.group(1))
-                + b"\r\n\r\n"
-                + server_frame(b'{"type":"Welcome","request_id":"bench"}')
-            )
+            transport.write(response + server_frame(b'{"type":"Welcome","request_id":"bench"}'))
             self.open = True
-            data = bytes(self.head[end + 4 :])
         stats = self.stats
         for opcode, payload in self.reader.feed(data):
             if opcode == BINARY:
