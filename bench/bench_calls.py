@@ -715,6 +715,53 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
     return written
 
 
+def compare(row: dict[str, Any], base: dict[str, Any] | None, key: str) -> None:
+    """``row[key]``: the row's CPU per call-second over ``base``'s, measured in the same run."""
+    if base is not None and base["server_cpu_ms_per_call_s"] > 0:
+        ratio = row["server_cpu_ms_per_call_s"] / base["server_cpu_ms_per_call_s"]
+        row[key] = round(ratio, 2)
+
+
+async def sweep_point(
+    args: argparse.Namespace, rows: list[dict[str, Any]], chunk: int, count: int
+) -> None:
+    """One point of the sweep: the naive bridge and the floor relay just before the server
+    (once per --coalesce-sweep value), the ASGI embedding just after, all under the same load."""
+
+    async def bridge(name: str, *, perf: bool = False, flags: tuple[str, ...] = ()) -> Any:
+        point = Point(
+            name, count, args.seconds, chunk, args.barge_in_every,
+            perf=perf, flags=flags, phases=args.phases,
+        )  # fmt: skip
+        return await measure(point)
+
+    def keep(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print_row(row)
+
+    naive = None if args.no_baseline else await bridge("naive")
+    if naive is not None:
+        keep(naive)
+    floor = None
+    if args.floor:  # the least a Python bridge can do, under the same load
+        floor = await bridge("floor")
+        compare(floor, naive, "cpu_vs_naive")
+        keep(floor)
+    for coalesce_ms in args.coalesce_sweep or [None]:
+        flags = () if coalesce_ms is None else ("--coalesce-ms", f"{coalesce_ms:g}")
+        if flags:
+            print(f"       server with --coalesce-ms {coalesce_ms:g}:")
+        row = await bridge("server", perf=not args.no_perf, flags=flags)
+        row["coalesce_ms"] = coalesce_ms
+        compare(row, floor, "cpu_vs_floor")
+        compare(row, naive, "cpu_vs_naive")
+        keep(row)
+    if args.asgi:  # the same load on the ASGI embedding, just after
+        asgi = await bridge("asgi")
+        compare(asgi, row, "cpu_vs_server")
+        keep(asgi)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     before = load_average()
     print(f"machine: {os.cpu_count()} cores; uptime: {before['uptime']}")
@@ -744,78 +791,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(HEADER)
         for chunk in args.chunk_ms_list:
             for count in args.calls_list:
-                naive = None
-                if not args.no_baseline:  # the same load on the naive bridge, just before
-                    naive = await measure(
-                        Point(
-                            "naive",
-                            count,
-                            args.seconds,
-                            chunk,
-                            args.barge_in_every,
-                            phases=args.phases,
-                        )
-                    )
-                    rows.append(naive)
-                    print_row(naive)
-                floor = None
-                if args.floor:  # the least a Python bridge can do, under the same load
-                    floor = await measure(
-                        Point(
-                            "floor",
-                            count,
-                            args.seconds,
-                            chunk,
-                            args.barge_in_every,
-                            phases=args.phases,
-                        )
-                    )
-                    if naive is not None and naive["server_cpu_ms_per_call_s"] > 0:
-                        cpu = floor["server_cpu_ms_per_call_s"]
-                        floor["cpu_vs_naive"] = round(cpu / naive["server_cpu_ms_per_call_s"], 2)
-                    rows.append(floor)
-                    print_row(floor)
-                for coalesce_ms in args.coalesce_sweep or [None]:
-                    flags = () if coalesce_ms is None else ("--coalesce-ms", f"{coalesce_ms:g}")
-                    if flags:
-                        print(f"       server with --coalesce-ms {coalesce_ms:g}:")
-                    row = await measure(
-                        Point(
-                            "server",
-                            count,
-                            args.seconds,
-                            chunk,
-                            args.barge_in_every,
-                            perf=not args.no_perf,
-                            flags=flags,
-                            phases=args.phases,
-                        )
-                    )
-                    row["coalesce_ms"] = coalesce_ms
-                    if floor is not None and floor["server_cpu_ms_per_call_s"] > 0:
-                        floor_cpu = floor["server_cpu_ms_per_call_s"]
-                        row["cpu_vs_floor"] = round(row["server_cpu_ms_per_call_s"] / floor_cpu, 2)
-                    if naive is not None and naive["server_cpu_ms_per_call_s"] > 0:
-                        naive_cpu = naive["server_cpu_ms_per_call_s"]
-                        row["cpu_vs_naive"] = round(row["server_cpu_ms_per_call_s"] / naive_cpu, 2)
-                    rows.append(row)
-                    print_row(row)
-                if args.asgi:  # the same load on the ASGI embedding, just after
-                    asgi = await measure(
-                        Point(
-                            "asgi",
-                            count,
-                            args.seconds,
-                            chunk,
-                            args.barge_in_every,
-                            phases=args.phases,
-                        )
-                    )
-                    if row["server_cpu_ms_per_call_s"] > 0:
-                        ratio = asgi["server_cpu_ms_per_call_s"] / row["server_cpu_ms_per_call_s"]
-                        asgi["cpu_vs_server"] = round(ratio, 2)
-                    rows.append(asgi)
-                    print_row(asgi)
+                await sweep_point(args, rows, chunk, count)
     result["load_after"] = load_average()
     print(f"uptime after: {result['load_after']['uptime']}")
     return result
