@@ -69,6 +69,7 @@ from server.ws import WsPeer
 
 log = logging.getLogger("server.call")
 
+RECORDS_BEFORE_TRANSFER = 2.0  # s a transfer waits for the call's turns to be written
 _AGENT_ERRORS = frozenset({EndReason.AGENT_ERROR, EndReason.AGENT_UNREACHABLE})
 _PEER_FAULTS = frozenset({1002, 1003, 1007, 1009})  # close codes that blame the peer's frames
 
@@ -592,7 +593,7 @@ class CallDriver:
         log.info(
             "transfer callSid=%s target=%s reason=%s", self.call_sid or "-", action.target, reason
         )
-        self._redirect(twiml, "transfer", self.metrics)
+        self._redirect(twiml, "transfer", self.metrics, self._store if action_url else None)
 
     def _fallback(self, action: FallbackCall) -> None:
         """The agent cannot go on: hand the caller to the fallback TwiML instead of hanging up."""
@@ -607,14 +608,22 @@ class CallDriver:
         )
         self._redirect(twiml, "fallback", None)
 
-    def _redirect(self, twiml: str, what: str, counted: Metrics | None) -> None:
-        task = self.loop.create_task(self._update_call(twiml, what, counted))
+    def _redirect(
+        self, twiml: str, what: str, counted: Metrics | None, store: RecordStore | None = None
+    ) -> None:
+        task = self.loop.create_task(self._update_call(twiml, what, counted, store))
         self._redirects.add(task)
         task.add_done_callback(self._redirects.discard)
 
-    async def _update_call(self, twiml: str, what: str, counted: Metrics | None) -> None:
+    async def _update_call(
+        self, twiml: str, what: str, counted: Metrics | None, store: RecordStore | None
+    ) -> None:
+        """``store``: the dial action will read the turns from it, so they are written first
+        (bounded: a slow store costs the caller a late history, never the transfer)."""
         rest = self.context.twilio
         ok, detail = False, "no Twilio REST credentials"
+        if store is not None and not await store.written(RECORDS_BEFORE_TRANSFER):
+            log.warning("transfer callSid=%s: the records are not written yet", self.call_sid)
         if rest is not None and self.call_sid:
             try:
                 await rest.update_call(

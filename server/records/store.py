@@ -12,6 +12,7 @@ the end-of-call webhook in the same transaction (see :mod:`server.records.webhoo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -549,7 +550,7 @@ class RecordStore:
         self.failed = 0
         self._reader = Database(spec)  # opens and migrates, in the caller's thread: errors early
         self._read_lock = threading.Lock()
-        self._queue: queue.Queue[list[Write] | threading.Event | None] = queue.Queue(max_queue)
+        self._queue: queue.Queue[list[Write] | Callable[[], None] | None] = queue.Queue(max_queue)
         self._next_purge = 0.0
         self._thread = threading.Thread(target=self._run, name="records-writer", daemon=True)
         self._thread.start()
@@ -576,10 +577,34 @@ class RecordStore:
         """Wait until everything submitted so far is written (tests, the CLI after a demo)."""
         done = threading.Event()
         try:
-            self._queue.put(done, timeout=timeout)
+            self._queue.put(done.set, timeout=timeout)
         except queue.Full:
             return False
         return done.wait(timeout)
+
+    async def written(self, timeout: float) -> bool:
+        """Wait, without blocking the loop, until everything submitted so far is written:
+        a transfer waits so that the dial action, on any instance, reads every turn."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def wake() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def signal() -> None:  # in the writer thread
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(wake)
+
+        try:
+            self._queue.put_nowait(signal)
+        except queue.Full:
+            return False
+        try:
+            await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop the writer thread and close the connections."""
@@ -604,8 +629,8 @@ class RecordStore:
                     continue
                 if writes is None:
                     return
-                if isinstance(writes, threading.Event):
-                    writes.set()
+                if callable(writes):  # a marker: everything before it is written
+                    writes()
                     continue
                 self._write(db, writes)
         finally:

@@ -441,6 +441,41 @@ def test_a_resumed_call_reads_its_turns_from_the_records_and_keeps_one_record(
     run(main(), 30)
 
 
+def test_a_transfer_waits_for_a_slow_store_so_the_dial_action_reads_every_turn(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records writer lags (each batch takes 0.3 s): the call update waits until the
+    turns are written, so the dial action (here, or on another instance) finds them."""
+    from server.records import store as store_module
+
+    apply = store_module.Database.apply
+
+    def slow_apply(db: Any, writes: Any, outbox: bool = False) -> None:
+        time.sleep(0.3)
+        apply(db, writes, outbox)
+
+    monkeypatch.setattr(store_module.Database, "apply", slow_apply)
+    streams: list[dict[str, str]] = []
+
+    async def connector(call: SimCall, url: str, parameters: Any) -> None:
+        streams.append(dict(parameters))
+
+    async def main() -> None:
+        records = str(tmp_path / "calls.db")
+        async with rig("--records", records, dial_outcome="no-answer", connector=connector) as r:
+            ws, session = await r.call()
+            await session.send(agent_message("ConversationText", role="user", content="Desk."))
+            await ask_transfer(session, "front_desk")
+            last = await announce(session, ws)
+            await ws.send(twilio_mark(last["mark"]["name"]))
+            await until(lambda: bool(streams), 10, "the resumed stream")
+            _, resumed = await r.call(streams[0])
+            history = texts_of(resumed, "Settings")[0]["agent"]["context"]["messages"]
+            assert {"type": "History", "role": "user", "content": "Desk."} in history
+
+    run(main(), 30)
+
+
 # ---------------------------------------------------------------------- another instance
 
 
