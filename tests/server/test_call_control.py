@@ -444,14 +444,15 @@ def test_a_resumed_call_reads_its_turns_from_the_records_and_keeps_one_record(
 def test_a_transfer_waits_for_a_slow_store_so_the_dial_action_reads_every_turn(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The records writer lags (each batch takes 0.3 s): the call update waits until the
-    turns are written, so the dial action (here, or on another instance) finds them."""
+    """The records writer lags (the caller's turn takes 1 s to write): the call update waits
+    until it is written, so the dial action (here, or on another instance) finds it."""
     from server.records import store as store_module
 
     apply = store_module.Database.apply
 
     def slow_apply(db: Any, writes: Any, outbox: bool = False) -> None:
-        time.sleep(0.3)
+        if any(w.turn is not None and w.turn.text == "Desk." for w in writes):
+            time.sleep(1.0)
         apply(db, writes, outbox)
 
     monkeypatch.setattr(store_module.Database, "apply", slow_apply)
